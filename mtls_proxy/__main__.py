@@ -1,0 +1,3 @@
+from mtls_proxy.cli import main
+
+raise SystemExit(main())

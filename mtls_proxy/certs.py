@@ -1,0 +1,119 @@
+"""Certificates as the proxy sees them: PEM loading, the verified peer's identity, CRLs.
+
+The peer certificate is parsed once per connection into a :class:`PeerIdentity`; the
+policy, the identity headers and the logs read that object and never the DER again.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+_ATTR_NAMES = {
+    NameOID.COMMON_NAME: "CN",
+    NameOID.ORGANIZATION_NAME: "O",
+    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
+    NameOID.COUNTRY_NAME: "C",
+    NameOID.LOCALITY_NAME: "L",
+    NameOID.STATE_OR_PROVINCE_NAME: "ST",
+    NameOID.EMAIL_ADDRESS: "emailAddress",
+    NameOID.SERIAL_NUMBER: "serialNumber",
+}
+
+
+def name_attributes(name: x509.Name) -> dict[str, tuple[str, ...]]:
+    """Subject/issuer attributes by short name; an attribute may repeat (several OUs)."""
+    out: dict[str, list[str]] = {}
+    for attr in name:
+        key = _ATTR_NAMES.get(attr.oid, attr.oid.dotted_string)
+        value = attr.value if isinstance(attr.value, str) else attr.value.hex()
+        out.setdefault(key, []).append(value)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def spki_sha256(cert: x509.Certificate) -> str:
+    """base64(SHA-256(DER SubjectPublicKeyInfo)): the pin format of Android, OkHttp, iOS, HPKP."""
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    """What the proxy knows about a verified client certificate (the leaf)."""
+
+    der: bytes
+    subject: dict[str, tuple[str, ...]]
+    subject_dn: str
+    issuer: dict[str, tuple[str, ...]]
+    issuer_dn: str
+    serial: int
+    fingerprint_sha256: str  # lowercase hex of SHA-256(DER)
+    spki_sha256: str  # base64
+    not_before: dt.datetime
+    not_after: dt.datetime
+    san_dns: tuple[str, ...] = ()
+    san_uri: tuple[str, ...] = ()
+    san_email: tuple[str, ...] = ()
+    san_ip: tuple[str, ...] = ()
+    has_client_auth_eku: bool = False
+    is_ca: bool = False
+    chain_der: tuple[bytes, ...] = field(default=(), compare=False)  # verified chain without the leaf
+
+    @property
+    def common_name(self) -> str:
+        return self.subject.get("CN", ("",))[0]
+
+    @property
+    def serial_hex(self) -> str:
+        return format(self.serial, "x")
+
+
+def parse_peer(der: bytes, chain_der: tuple[bytes, ...] = ()) -> PeerIdentity:
+    """Parse a verified leaf certificate (DER) into a :class:`PeerIdentity`."""
+    cert = x509.load_der_x509_certificate(der)
+    dns: tuple[str, ...] = ()
+    uri: tuple[str, ...] = ()
+    email: tuple[str, ...] = ()
+    ip: tuple[str, ...] = ()
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = tuple(san.get_values_for_type(x509.DNSName))
+        uri = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
+        email = tuple(san.get_values_for_type(x509.RFC822Name))
+        ip = tuple(str(a) for a in san.get_values_for_type(x509.IPAddress))
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        client_auth = ExtendedKeyUsageOID.CLIENT_AUTH in eku
+    except x509.ExtensionNotFound:
+        client_auth = False
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    return PeerIdentity(
+        der=der,
+        subject=name_attributes(cert.subject),
+        subject_dn=cert.subject.rfc4514_string(),
+        issuer=name_attributes(cert.issuer),
+        issuer_dn=cert.issuer.rfc4514_string(),
+        serial=cert.serial_number,
+        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+        spki_sha256=spki_sha256(cert),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        san_dns=dns,
+        san_uri=uri,
+        san_email=email,
+        san_ip=ip,
+        has_client_auth_eku=client_auth,
+        is_ca=is_ca,
+        chain_der=chain_der,
+    )

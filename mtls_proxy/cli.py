@@ -1,0 +1,107 @@
+"""The ``mtls-proxy`` command: run, check, demo, pki. The only place that decides exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+
+from mtls_proxy import __version__
+from mtls_proxy.errors import ConfigError
+
+
+def _event_loop_factory() -> type[asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return None
+    return uvloop.Loop  # type: ignore[no-any-return]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mtls_proxy.logs import setup_logging
+    from mtls_proxy.server import run_server
+    from mtls_proxy.state import load_state
+
+    try:
+        state = load_state(args.config, time.time())
+    except ConfigError as exc:
+        print(f"mtls-proxy: {exc.render()}", file=sys.stderr)
+        return 1
+    setup_logging(state.settings.logging)
+    factory = _event_loop_factory()
+    runner = asyncio.Runner(loop_factory=factory) if factory else asyncio.Runner()
+    with runner:
+        try:
+            runner.run(run_server(args.config, state))
+        except OSError as exc:
+            print(f"mtls-proxy: cannot listen: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from mtls_proxy.state import load_state
+
+    try:
+        state = load_state(args.config, time.time())
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    s = state.settings
+    revoked = len(state.policy.revoked)
+    print(
+        f"{args.config}: OK: listen {', '.join(str(a) for a in s.listen)}; upstream {s.upstream.url}; "
+        f"{len(s.tls.client_ca)} client CA file(s); {len(s.tls.crl)} CRL(s) with {revoked} revoked; "
+        f"{len(s.policy.rules)} rule(s)"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mtls_proxy.demo import run_demo
+
+    return run_demo(smoke=args.smoke, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtls-proxy",
+        description="A mutual-TLS reverse proxy that lets only your own app reach your Django API.",
+    )
+    parser.add_argument("--version", action="version", version=f"mtls-proxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve with a config file")
+    run.add_argument("--config", "-c", required=True, help="YAML config file")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a config file and everything it names, then exit")
+    check.add_argument("--config", "-c", required=True, help="YAML config file")
+    check.set_defaults(func=cmd_check)
+
+    demo = sub.add_parser("demo", help="throwaway PKI + sample Django app + proxy, on this machine")
+    demo.add_argument("--smoke", action="store_true", help="run the two checks and exit 0 or 1")
+    demo.add_argument("--port", type=int, default=8443, help="proxy port (default 8443; 0 picks a free one)")
+    demo.set_defaults(func=cmd_demo)
+
+    try:
+        from mtls_proxy.pki.cli import add_pki_parser, run_pki
+    except ImportError:  # the pki module is optional at import time only while it is being built
+        pass
+    else:
+        add_pki_parser(sub)
+        sub.choices["pki"].set_defaults(func=run_pki)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

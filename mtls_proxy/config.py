@@ -1,0 +1,430 @@
+"""Settings: one frozen object, loaded from YAML and validated up front, then trusted.
+
+:func:`load_settings` reads the file, checks every key (unknown keys, types, files
+that must exist, a key that must match its certificate, CA files that must hold a
+CA, CRLs that must be signed by a client CA and not expired) and collects *every*
+problem with its key path before raising one :class:`ConfigError`. Relative file
+paths are resolved against the config file's directory. Nothing here touches the
+network or the event loop; only the CLI turns a ConfigError into an exit code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from mtls_proxy.errors import ConfigError, ConfigProblem
+from mtls_proxy.policy import Policy, compile_policy
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    url: str
+    host: str | None = None
+    port: int | None = None
+    unix_path: str | None = None
+
+    @property
+    def authority(self) -> str:
+        return f"{self.host}:{self.port}" if self.unix_path is None else "localhost"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert: Path
+    key: Path
+    client_ca: tuple[Path, ...]
+    crl: tuple[Path, ...] = ()
+    min_version: str = "1.2"
+    handshake_timeout: float = 10.0
+    #: Names this listener serves; when a client sent SNI, Host must name the same server (else 421).
+    server_names: tuple[str, ...] = ()
+    session_tickets: bool = True
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    enabled: bool = True
+    rfc9440: bool = False
+    rfc9440_chain: bool = False
+    signing_key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_head_size: int = 16 * 1024
+    max_body_size: int = 32 * 1024 * 1024
+    head_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    body_timeout: float = 60.0
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 60.0
+    upstream_idle_timeout: float = 4.0
+    upstream_max_idle: int = 64
+    max_connections: int = 4096
+    drain_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "info"
+    format: str = "text"
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: Path
+    listen: tuple[ListenAddress, ...]
+    upstream: UpstreamSettings
+    tls: TlsSettings
+    policy: Policy
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
+    limits: Limits = field(default_factory=Limits)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+
+TOP_LEVEL_KEYS = ("listen", "upstream", "tls", "identity", "policy", "limits", "logging")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]i?[bB]?|[bB])?\s*$")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_size(value: Any) -> int:
+    """``1048576``, ``"512k"``, ``"10M"``, ``"1GiB"`` -> bytes (binary units)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 1048576, '512k', '10M' or '1G'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a size such as 1048576, '512k', '10M' or '1G'")
+    unit = (m.group(2) or "").lower()[:1]
+    return int(m.group(1)) * _SIZE_UNITS[unit]
+
+
+def parse_duration(value: Any) -> float:
+    """``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"5m"`` -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, '500ms', '30s' or '5m'")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError("a duration must be positive")
+        return float(value)
+    m = _DURATION_RE.match(str(value))
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"{value!r} is not a positive duration such as 30, '500ms', '30s' or '5m'")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+class _Loader:
+    """Walks the YAML tree, converting values and recording problems with their key paths."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.problems: list[ConfigProblem] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(ConfigProblem(path, message))
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(path, "expected a mapping")
+            return {}
+        for k in value:
+            if k not in allowed:
+                self.problem(f"{path}.{k}" if path else str(k), f"unknown key; allowed: {', '.join(allowed)}")
+        return value
+
+    def typed(self, d: dict[str, Any], key: str, path: str, kind: type, default: Any) -> Any:
+        if key not in d:
+            return default
+        v = d[key]
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+            self.problem(f"{path}.{key}", f"expected {kind.__name__}, got {type(v).__name__}")
+            return default
+        return v
+
+    def converted(self, d: dict[str, Any], key: str, path: str, convert: Any, default: Any) -> Any:
+        if key not in d:
+            return default
+        try:
+            return convert(d[key])
+        except ValueError as exc:
+            self.problem(f"{path}.{key}", str(exc))
+            return default
+
+    def file(self, value: Any, path: str) -> Path | None:
+        if not isinstance(value, str) or not value:
+            self.problem(path, "expected a file path")
+            return None
+        p = Path(value)
+        if not p.is_absolute():
+            p = self.base_dir / p
+        if not p.exists():
+            self.problem(path, f"{p}: no such file")
+            return None
+        if not p.is_file():
+            self.problem(path, f"{p}: not a regular file")
+            return None
+        if not os.access(p, os.R_OK):
+            self.problem(path, f"{p}: not readable")
+            return None
+        return p
+
+    def files(self, value: Any, path: str) -> tuple[Path, ...]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            self.problem(path, "expected a file path or a non-empty list of file paths")
+            return ()
+        out = []
+        for i, v in enumerate(items):
+            p = self.file(v, f"{path}[{i}]" if isinstance(value, list) else path)
+            if p is not None:
+                out.append(p)
+        return tuple(out)
+
+
+def _parse_listen(loader: _Loader, raw: Any) -> tuple[ListenAddress, ...]:
+    items = [raw] if isinstance(raw, (str, int)) else raw
+    if not isinstance(items, list) or not items:
+        loader.problem("listen", "expected 'host:port' or a list of them")
+        return ()
+    out = []
+    for i, item in enumerate(items):
+        path = f"listen[{i}]" if isinstance(raw, list) else "listen"
+        text = str(item)
+        host, sep, port = text.rpartition(":")
+        host = host.strip("[]") if sep else "0.0.0.0"
+        port = port if sep else text
+        if not port.isdigit() or not 0 <= int(port) <= 65535:
+            loader.problem(path, f"{text!r} is not host:port")
+            continue
+        out.append(ListenAddress(host or "0.0.0.0", int(port)))
+    return tuple(out)
+
+
+def _parse_upstream(loader: _Loader, raw: Any) -> UpstreamSettings | None:
+    if not isinstance(raw, str):
+        loader.problem("upstream", "expected 'http://host:port' or 'unix:/path/to.sock'")
+        return None
+    if raw.startswith("unix:"):
+        path = raw[5:]
+        if not path.startswith("/"):
+            loader.problem("upstream", f"{raw!r}: the unix socket path must be absolute")
+            return None
+        return UpstreamSettings(url=raw, unix_path=path)
+    m = re.fullmatch(r"http://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?", raw)
+    if not m or int(m.group(2)) > 65535:
+        loader.problem("upstream", f"{raw!r}: expected 'http://host:port' or 'unix:/path/to.sock'")
+        return None
+    return UpstreamSettings(url=raw, host=m.group(1).strip("[]"), port=int(m.group(2)))
+
+
+def _load_pem_certs(loader: _Loader, path: Path, key_path: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except ValueError:
+        loader.problem(key_path, f"{path}: no PEM certificate could be read")
+        return []
+    return certs
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509.Certificate]]:
+    d = loader.mapping(
+        raw, "tls", ("cert", "key", "client_ca", "crl", "min_version", "handshake_timeout", "server_names",
+                     "session_tickets"),
+    )
+    if raw is None:
+        loader.problem("tls", "required: cert, key and client_ca")
+        return None, []
+    for req in ("cert", "key", "client_ca"):
+        if req not in d:
+            loader.problem(f"tls.{req}", "required")
+    cert = loader.file(d["cert"], "tls.cert") if "cert" in d else None
+    key = loader.file(d["key"], "tls.key") if "key" in d else None
+    cas = loader.files(d["client_ca"], "tls.client_ca") if "client_ca" in d else ()
+    crls = loader.files(d["crl"], "tls.crl") if d.get("crl") else ()
+    min_version = str(d.get("min_version", "1.2"))
+    if min_version not in ("1.2", "1.3"):
+        loader.problem("tls.min_version", f"{min_version!r}: use '1.2' or '1.3' (TLS 1.0 and 1.1 are refused)")
+    server_names = d.get("server_names", [])
+    if isinstance(server_names, str):
+        server_names = [server_names]
+    if not isinstance(server_names, list) or not all(isinstance(s, str) for s in server_names):
+        loader.problem("tls.server_names", "expected a list of host names")
+        server_names = []
+
+    leaf: x509.Certificate | None = None
+    if cert is not None:
+        chain = _load_pem_certs(loader, cert, "tls.cert")
+        leaf = chain[0] if chain else None
+        if leaf is not None and leaf.not_valid_after_utc < dt.datetime.now(dt.UTC):
+            loader.problem("tls.cert", f"{cert}: the server certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d}")
+    if key is not None:
+        try:
+            private_key = serialization.load_pem_private_key(key.read_bytes(), password=None)
+        except (ValueError, TypeError) as exc:
+            loader.problem("tls.key", f"{key}: not an unencrypted PEM private key ({exc})")
+        else:
+            if leaf is not None and leaf.public_key() != private_key.public_key():
+                loader.problem("tls.key", f"{key}: does not match the certificate in {cert}")
+
+    ca_certs: list[x509.Certificate] = []
+    for i, ca in enumerate(cas):
+        kp = f"tls.client_ca[{i}]" if isinstance(d.get("client_ca"), list) else "tls.client_ca"
+        found = [c for c in _load_pem_certs(loader, ca, kp) if _is_ca(c)]
+        if not found:
+            loader.problem(kp, f"{ca}: holds no CA certificate (basicConstraints CA:TRUE)")
+        ca_certs += found
+
+    now = dt.datetime.now(dt.UTC)
+    for i, crl_path in enumerate(crls):
+        kp = f"tls.crl[{i}]" if isinstance(d.get("crl"), list) else "tls.crl"
+        try:
+            crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+        except ValueError:
+            loader.problem(kp, f"{crl_path}: not a PEM CRL")
+            continue
+        issuers = [c for c in ca_certs if c.subject == crl.issuer]
+        if ca_certs and not any(crl.is_signature_valid(c.public_key()) for c in issuers):  # type: ignore[arg-type]
+            loader.problem(kp, f"{crl_path}: not signed by any configured client CA")
+        if crl.next_update_utc is not None and crl.next_update_utc < now:
+            loader.problem(kp, f"{crl_path}: expired (nextUpdate {crl.next_update_utc:%Y-%m-%d %H:%M:%S}Z)")
+
+    if cert is None or key is None or not cas:
+        return None, ca_certs
+    return (
+        TlsSettings(
+            cert=cert, key=key, client_ca=cas, crl=crls, min_version=min_version,
+            handshake_timeout=loader.converted(d, "handshake_timeout", "tls", parse_duration, 10.0),
+            server_names=tuple(s.lower() for s in server_names),
+            session_tickets=loader.typed(d, "session_tickets", "tls", bool, True),
+        ),
+        ca_certs,
+    )
+
+
+def _parse_identity(loader: _Loader, raw: Any) -> IdentitySettings:
+    d = loader.mapping(raw, "identity", ("headers", "rfc9440", "rfc9440_chain", "signing_key_file"))
+    signing = None
+    if d.get("signing_key_file") is not None:
+        signing = loader.file(d["signing_key_file"], "identity.signing_key_file")
+        if signing is not None and len(signing.read_bytes().strip()) < 32:
+            loader.problem("identity.signing_key_file", f"{signing}: the key must be at least 32 bytes")
+    return IdentitySettings(
+        enabled=loader.typed(d, "headers", "identity", bool, True),
+        rfc9440=loader.typed(d, "rfc9440", "identity", bool, False),
+        rfc9440_chain=loader.typed(d, "rfc9440_chain", "identity", bool, False),
+        signing_key_file=signing,
+    )
+
+
+_LIMIT_SIZES = ("max_head_size", "max_body_size")
+_LIMIT_DURATIONS = ("head_timeout", "idle_timeout", "body_timeout", "upstream_connect_timeout",
+                    "upstream_read_timeout", "upstream_idle_timeout", "drain_timeout")
+_LIMIT_INTS = ("upstream_max_idle", "max_connections")
+
+
+def _parse_limits(loader: _Loader, raw: Any) -> Limits:
+    d = loader.mapping(raw, "limits", _LIMIT_SIZES + _LIMIT_DURATIONS + _LIMIT_INTS)
+    defaults = Limits()
+    values: dict[str, Any] = {}
+    for k in _LIMIT_SIZES:
+        values[k] = loader.converted(d, k, "limits", parse_size, getattr(defaults, k))
+    for k in _LIMIT_DURATIONS:
+        values[k] = loader.converted(d, k, "limits", parse_duration, getattr(defaults, k))
+    for k in _LIMIT_INTS:
+        v = loader.typed(d, k, "limits", int, getattr(defaults, k))
+        if v < 0 or (k == "max_connections" and v == 0):
+            loader.problem(f"limits.{k}", "must be positive")
+        values[k] = v
+    if values["max_head_size"] < 1024:
+        loader.problem("limits.max_head_size", "must be at least 1024 bytes")
+    return Limits(**values)
+
+
+def _parse_logging(loader: _Loader, raw: Any) -> LoggingSettings:
+    d = loader.mapping(raw, "logging", ("level", "format", "access_log"))
+    level = str(d.get("level", "info")).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        loader.problem("logging.level", f"{level!r}: use debug, info, warning or error")
+    fmt = str(d.get("format", "text"))
+    if fmt not in ("text", "json"):
+        loader.problem("logging.format", f"{fmt!r}: use text or json")
+    return LoggingSettings(level=level, format=fmt, access_log=loader.typed(d, "access_log", "logging", bool, True))
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Load and validate a config file; raise :class:`ConfigError` listing every problem."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(source), [ConfigProblem("", f"{source}: no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(source), [ConfigProblem("", f"{source}: cannot read ({exc})")]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(str(source), [ConfigProblem("", f"not valid YAML{where}")]) from None
+    return settings_from_mapping(raw, source)
+
+
+def settings_from_mapping(raw: Any, source: Path) -> Settings:
+    loader = _Loader(source.resolve().parent)
+    top = loader.mapping(raw, "", TOP_LEVEL_KEYS)
+    if not isinstance(raw, dict):
+        raise ConfigError(str(source), loader.problems or [ConfigProblem("", "expected a mapping at top level")])
+    for req in ("listen", "upstream", "tls", "policy"):
+        if req not in top:
+            loader.problem(req, "required")
+    listen = _parse_listen(loader, top["listen"]) if "listen" in top else ()
+    upstream = _parse_upstream(loader, top["upstream"]) if "upstream" in top else None
+    tls, _ = _check_tls(loader, top.get("tls"))
+    identity = _parse_identity(loader, top.get("identity"))
+    limits = _parse_limits(loader, top.get("limits"))
+    logging_settings = _parse_logging(loader, top.get("logging"))
+    policy = None
+    if "policy" in top:
+        policy, problems = compile_policy(top["policy"], "policy", parse_size)
+        loader.problems += problems
+    if loader.problems or upstream is None or tls is None or policy is None:
+        raise ConfigError(str(source), loader.problems or [ConfigProblem("", "incomplete configuration")])
+    return Settings(
+        source=source, listen=listen, upstream=upstream, tls=tls, policy=policy,
+        identity=identity, limits=limits, logging=logging_settings,
+    )

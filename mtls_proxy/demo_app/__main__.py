@@ -1,0 +1,83 @@
+"""``python -m mtls_proxy.demo_app serve``: run the demo upstream under uvicorn.
+
+Prints ``PORT <n>`` (TCP only, useful with ``--port 0``) and then ``READY`` on stdout once
+the socket accepts connections, so a parent process (the ``demo`` command, the tests)
+waits for a line instead of polling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mtls_proxy.demo_app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the demo Django API")
+    where = serve.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int, help="TCP port (0: pick a free one, printed as 'PORT <n>')")
+    where.add_argument("--uds", help="Unix socket path")
+    serve.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
+    serve.add_argument("--signing-key-file", help="identity signing key shared with the proxy")
+    serve.add_argument(
+        "--trust", choices=("signature", "trusted-peers"),
+        help="identity trust mode (default: signature with a key file, else trusted-peers)",
+    )
+    return parser
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mtls_proxy.demo_app.asgi import application
+
+    config = uvicorn.Config(
+        application,
+        host=args.host,
+        port=args.port if args.port is not None else 8000,
+        uds=args.uds,
+        workers=1,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=3,
+        log_level="warning",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            await task
+            return 1
+        await asyncio.sleep(0.01)
+    if args.uds is None:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        print(f"PORT {port}", flush=True)
+    print("READY", flush=True)
+    await task
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Django reads these when settings load, which happens inside _serve.
+    if args.signing_key_file:
+        os.environ["MTLS_PROXY_SIGNING_KEY_FILE"] = os.path.abspath(args.signing_key_file)
+    if args.trust:
+        os.environ["MTLS_PROXY_TRUST"] = args.trust
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mtls_proxy.demo_app.settings")
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

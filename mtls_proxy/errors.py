@@ -1,0 +1,92 @@
+"""The error tree. Each error carries the HTTP status it maps to, converted in one place (proxy)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class ProxyError(Exception):
+    """Base class; ``status`` is the HTTP status a client sees, ``reason`` a short code for logs and bodies."""
+
+    status = 500
+    reason = "internal_error"
+
+    def __init__(self, message: str = "", reason: str | None = None) -> None:
+        super().__init__(message or self.reason)
+        if reason is not None:
+            self.reason = reason
+
+
+class BadRequest(ProxyError):
+    """The client broke an HTTP rule or sent something ambiguous; the connection is not trusted after it."""
+
+    status = 400
+    reason = "bad_request"
+
+
+class HeadTooLarge(BadRequest):
+    status = 431
+    reason = "request_head_too_large"
+
+
+class BodyTooLarge(ProxyError):
+    status = 413
+    reason = "body_too_large"
+
+
+class ExpectationFailed(ProxyError):
+    status = 417
+    reason = "expectation_failed"
+
+
+class MisdirectedRequest(ProxyError):
+    """Host does not match the TLS SNI name (RFC 9110 15.5.20)."""
+
+    status = 421
+    reason = "host_sni_mismatch"
+
+
+class PolicyDenied(ProxyError):
+    status = 403
+    reason = "denied"
+
+
+class UpstreamError(ProxyError):
+    status = 502
+    reason = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    reason = "upstream_timeout"
+
+
+class ServiceUnavailable(ProxyError):
+    status = 503
+    reason = "shutting_down"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a configuration: ``key_path`` is e.g. ``tls.client_ca[1]``."""
+
+    key_path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key_path}: {self.message}" if self.key_path else self.message
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; lists every problem found, each with its key path."""
+
+    def __init__(self, source: str, problems: Sequence[ConfigProblem]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"{self.source}: {len(self.problems)} problem(s)"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)

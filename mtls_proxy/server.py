@@ -1,0 +1,250 @@
+"""One proxy process: listeners, the accept loop, TLS handshakes, reload and drain.
+
+The server holds a single reference to the current :class:`RuntimeState`. Each
+accepted socket is wrapped with the SSLContext current *at accept time*, so a
+reload (new context: new trust, new CRLs, new ticket keys) applies to every new
+connection at once while connections already open keep going; their next request
+is judged by the new policy and revocations. Signal handlers only schedule work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from mtls_proxy.config import ListenAddress
+from mtls_proxy.errors import ConfigError
+from mtls_proxy.logs import access_log, format_access, setup_logging
+from mtls_proxy.proxy import ClientConnection
+from mtls_proxy.state import RuntimeState, load_state
+from mtls_proxy.tls import classify_handshake_error
+from mtls_proxy.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from mtls_proxy.proxy import Exchange
+
+log = logging.getLogger("mtls_proxy")
+
+
+class RateLimitedLog:
+    """At most ``burst`` lines per ``interval`` seconds; the rest are counted and summarised."""
+
+    def __init__(self, burst: int = 20, interval: float = 10.0) -> None:
+        self.burst = burst
+        self.interval = interval
+        self.window_start = 0.0
+        self.count = 0
+        self.suppressed = 0
+
+    def allow(self, now: float) -> bool:
+        if now - self.window_start >= self.interval:
+            if self.suppressed:
+                log.warning("%d similar log lines suppressed in the last %.0fs", self.suppressed, self.interval)
+            self.window_start = now
+            self.count = 0
+            self.suppressed = 0
+        self.count += 1
+        if self.count > self.burst:
+            self.suppressed += 1
+            return False
+        return True
+
+
+def bind_listener(address: ListenAddress) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.create_server((address.host, address.port), family=family, backlog=1024)
+    sock.setblocking(False)
+    return sock
+
+
+class ProxyServer:
+    def __init__(self, state: RuntimeState, config_path: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.state = state
+        self.config_path = config_path
+        self.loop = loop
+        self.pool = UpstreamPool(state.settings.upstream, state.settings.limits, loop)
+        self.connections: set[ClientConnection] = set()
+        self.handshaking = 0
+        self.draining = False
+        self.sockets: list[socket.socket] = []
+        self._accept_tasks: list[asyncio.Task[None]] = []
+        self._slot_free = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
+        self._handshake_log = RateLimitedLog()
+        self.stats: dict[str, int] = {"requests": 0, "handshake_failures": 0, "reloads_ok": 0, "reloads_failed": 0}
+
+    # --- listeners ----------------------------------------------------------------------------------------
+    def listen(self, sockets: list[socket.socket] | None = None) -> None:
+        self.sockets = sockets if sockets is not None else [bind_listener(a) for a in self.state.settings.listen]
+        for sock in self.sockets:
+            host, port = sock.getsockname()[:2]
+            log.info("listening on https://%s:%d (generation %d)", host, port, self.state.generation)
+            self._accept_tasks.append(self.loop.create_task(self._accept_loop(sock)))
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = self.loop
+        while not self.draining:
+            limit = self.state.settings.limits.max_connections
+            while len(self.connections) + self.handshaking >= limit:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    if self._handshake_log.allow(loop.time()):
+                        log.error("accept failed: %s; refusing new connections for 100ms", exc)
+                    await asyncio.sleep(0.1)
+                    continue
+                if self.draining:
+                    return
+                raise
+            self.handshaking += 1
+            loop.create_task(self._handshake(conn, addr))
+
+    async def _handshake(self, sock: socket.socket, addr: Any) -> None:
+        state = self.state
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: ClientConnection(self),
+                sock,
+                ssl=state.ssl_context,
+                ssl_handshake_timeout=state.settings.tls.handshake_timeout,
+            )
+        except (OSError, asyncio.TimeoutError, EOFError) as exc:
+            sock.close()
+            self.stats["handshake_failures"] += 1
+            reason = classify_handshake_error(exc)
+            if self._handshake_log.allow(self.loop.time()):
+                log.warning(
+                    "tls handshake failed: client=%s reason=%s detail=%s",
+                    addr[0] if isinstance(addr, tuple) else addr, reason, exc,
+                )
+        finally:
+            self.handshaking -= 1
+            self._slot_free.set()
+
+    # --- connection bookkeeping (called by ClientConnection) ----------------------------------------------
+    def connection_opened(self, conn: ClientConnection) -> None:
+        self.connections.add(conn)
+        if self.draining:
+            conn.start_drain()
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        self._slot_free.set()
+
+    def record_request(self, conn: ClientConnection, ex: Exchange, reason: str, duration: float) -> None:
+        self.stats["requests"] += 1
+        if access_log.disabled or not access_log.isEnabledFor(logging.INFO):
+            return
+        peer = conn.peer
+        fields = {
+            "client": conn.client_ip.decode(),
+            "cn": peer.common_name if peer else "-",
+            "fp": peer.fingerprint_sha256[:16] if peer else "-",
+            "method": ex.method.decode("ascii", "replace") or "-",
+            "path": ex.target.decode("ascii", "replace")[:1024] or "-",
+            "status": ex.resp_status,
+            "bytes_in": ex.head_size + ex.body_received,
+            "bytes_out": ex.bytes_out,
+            "total_ms": round(duration * 1000, 2),
+            "upstream_ms": round(ex.upstream_time * 1000, 2),
+            "rule": ex.rule,
+            "reason": reason if reason != "-" else ex.decision_reason,
+        }
+        if self.state.settings.logging.format == "json":
+            access_log.info("access", extra={"fields": fields})
+        else:
+            access_log.info(format_access(fields))
+
+    # --- reload ------------------------------------------------------------------------------------------------
+    def request_reload(self) -> None:
+        if self.draining:
+            log.info("reload ignored: shutting down")
+            return
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True
+            return
+        self._reloading = self.loop.create_task(self._reload())
+
+    async def _reload(self) -> None:
+        while True:
+            self._reload_again = False
+            try:
+                new = await self.loop.run_in_executor(None, load_state, self.config_path, time.time())
+            except ConfigError as exc:
+                self.stats["reloads_failed"] += 1
+                log.error("reload failed, keeping generation %d: %s", self.state.generation, exc.render())
+            except Exception as exc:  # noqa: BLE001 - any failure keeps the old state serving
+                self.stats["reloads_failed"] += 1
+                log.error("reload failed, keeping generation %d: %s", self.state.generation, exc)
+            else:
+                self._apply(new)
+            if not self._reload_again:
+                return
+
+    def _apply(self, new: RuntimeState) -> None:
+        old = self.state
+        if new.settings.listen != old.settings.listen:
+            log.warning("reload: 'listen' changes need a restart; keeping %s",
+                        ", ".join(str(a) for a in old.settings.listen))
+        if new.settings.upstream != old.settings.upstream or new.settings.limits != old.settings.limits:
+            old_pool = self.pool
+            self.pool = UpstreamPool(new.settings.upstream, new.settings.limits, self.loop)
+            old_pool.close()
+        if new.settings.logging != old.settings.logging:
+            setup_logging(new.settings.logging)
+        self.state = new
+        self.stats["reloads_ok"] += 1
+        log.info("reloaded: generation %d (was %d)", new.generation, old.generation)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        self.loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        self.loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        self.loop.add_signal_handler(signal.SIGINT, self._stop.set)
+
+    async def serve_until_stopped(self) -> None:
+        await self._stop.wait()
+        await self.drain()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def drain(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to drain_timeout), then close what is left."""
+        timeout = self.state.settings.limits.drain_timeout
+        log.info("draining %d connection(s), up to %.0fs", len(self.connections), timeout)
+        self.draining = True
+        for task in self._accept_tasks:
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+        for conn in list(self.connections):
+            conn.start_drain()
+        deadline = self.loop.time() + timeout
+        while (self.connections or self.handshaking) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        self.pool.close()
+        log.info("stopped")
+
+
+async def run_server(config_path: str, state: RuntimeState) -> None:
+    loop = asyncio.get_running_loop()
+    server = ProxyServer(state, config_path, loop)
+    server.install_signal_handlers()
+    server.listen()
+    await server.serve_until_stopped()

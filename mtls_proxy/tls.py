@@ -1,0 +1,85 @@
+"""SSLContext construction and TLS failure classification.
+
+A context is built once per (re)load, never per connection, and never loads the
+system trust store: the configured client CAs are the only anchors. A reload
+builds a new context, so tickets issued under the old one (its own random ticket
+keys) cannot resume under the new trust settings.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from mtls_proxy.config import TlsSettings
+
+_MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def _remember_sni(ssl_object: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
+    """Keep the SNI name on the SSL object so requests can be checked against Host (421)."""
+    ssl_object.mtls_sni = server_name.lower() if server_name else None  # type: ignore[attr-defined]
+
+
+def build_server_context(tls: TlsSettings) -> ssl.SSLContext:
+    """The listener's context: TLS >= 1.2, CERT_REQUIRED against the pinned CAs only, CRLs, no renegotiation."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _MIN_VERSIONS[tls.min_version]
+    ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    if not tls.session_tickets:
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    for ca in tls.client_ca:
+        ctx.load_verify_locations(cafile=str(ca))
+    if tls.crl:
+        for crl in tls.crl:
+            ctx.load_verify_locations(cafile=str(crl))
+        # Leaf check against the issuing CA's CRL; a missing or expired CRL fails the handshake (closed).
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.sni_callback = _remember_sni
+    return ctx
+
+
+def classify_handshake_error(exc: BaseException) -> str:
+    """A short, stable reason code for a failed handshake (logs and metrics)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        msg = (exc.verify_message or "").lower()
+        for needle, code in (
+            ("expired", "cert_expired"),
+            ("not yet valid", "cert_not_yet_valid"),
+            ("revoked", "cert_revoked"),
+            ("unable to get certificate crl", "crl_missing"),
+            ("crl has expired", "crl_expired"),
+            ("crl is not yet valid", "crl_not_yet_valid"),
+            ("unsupported certificate purpose", "bad_eku"),
+            ("self-signed", "unknown_ca"),
+            ("self signed", "unknown_ca"),
+            ("unable to get local issuer", "unknown_ca"),
+            ("key too small", "weak_key"),
+            ("ca md too weak", "weak_signature"),
+            ("signature", "bad_signature"),
+            ("path length", "chain_too_long"),
+            ("name constraint", "name_constraints"),
+        ):
+            if needle in msg:
+                return code
+        return "verify_failed"
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or "").upper()
+        if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in reason or "CERTIFICATE_REQUIRED" in reason:
+            return "no_client_cert"
+        if "UNSUPPORTED_PROTOCOL" in reason or "VERSION" in reason:
+            return "protocol_version"
+        if "NO_SHARED_CIPHER" in reason:
+            return "no_shared_cipher"
+        if "HTTP_REQUEST" in reason or "WRONG_VERSION_NUMBER" in reason:
+            return "not_tls"
+        return "tls_error"
+    if isinstance(exc, TimeoutError):
+        return "handshake_timeout"
+    if isinstance(exc, (ConnectionError, EOFError)):
+        return "connection_closed"
+    return "tls_error"
