@@ -267,8 +267,7 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
                      "session_tickets"),
     )
     if raw is None:
-        loader.problem("tls", "required: cert, key and client_ca")
-        return None, []
+        return None, []  # reported once as "tls: required"
     for req in ("cert", "key", "client_ca"):
         if req not in d:
             loader.problem(f"tls.{req}", "required")

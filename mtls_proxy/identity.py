@@ -87,6 +87,7 @@ __all__ = [
     "X_CLIENT_CERT_SPKI",
     "X_CLIENT_CERT_SUBJECT",
     "ClientCert",
+    "ConnectionHeaders",
     "IdentityEncoder",
     "IdentityError",
     "IdentityOptions",

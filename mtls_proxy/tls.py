@@ -55,6 +55,7 @@ def classify_handshake_error(exc: BaseException) -> str:
             ("crl has expired", "crl_expired"),
             ("crl is not yet valid", "crl_not_yet_valid"),
             ("unsupported certificate purpose", "bad_eku"),
+            ("unsuitable certificate purpose", "bad_eku"),
             ("self-signed", "unknown_ca"),
             ("self signed", "unknown_ca"),
             ("unable to get local issuer", "unknown_ca"),

@@ -8,6 +8,7 @@ message.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
@@ -126,7 +127,8 @@ def start_demo_upstream(
     with os.fdopen(fd, "wb") as stderr_file:
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr_file, env=env)
 
-    ready = threading.Event()
+    ready = threading.Event()  # set on READY, or on EOF (the process died)
+    saw_ready: list[bool] = []
     port_box: list[int] = []
 
     def drain() -> None:
@@ -136,13 +138,17 @@ def start_demo_upstream(
             if line.startswith("PORT "):
                 port_box.append(int(line.split()[1]))
             elif line == "READY":
+                saw_ready.append(True)
                 ready.set()
         ready.set()  # EOF: the process died; the waiter checks poll()
 
     reader = threading.Thread(target=drain, name="demo-upstream-stdout", daemon=True)
     reader.start()
-    if not ready.wait(ready_timeout) or process.poll() is not None:
+    if not ready.wait(ready_timeout) or not saw_ready or process.poll() is not None:
         handle = DemoUpstream(process, "", socket_path, None, stderr_path, reader)
+        if not saw_ready:  # stdout closed: let it finish writing its traceback
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
         handle.stop()
         raise RuntimeError(
             f"demo upstream did not become ready (exit code {process.returncode}):\n{handle.stderr_text()[-4000:]}"

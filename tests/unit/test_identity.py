@@ -31,7 +31,7 @@ from mtls_proxy.pki.x509 import issue_ca, issue_client
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 32
 NOW = 1_800_000_000.0
-ODD_CN = 'dév,ice=42 +"quoted"; <x> #1 \\ 日本 \x01ctl'
+ODD_CN = 'dév,ice=42 100% +"quoted"; <x> #1 \\ 日本 \x01ctl'
 SIGNATURE_RE = re.compile(r"\Av1;t=\d+;n=[0-9a-f]{32};s=[A-Za-z0-9_-]{43}\Z")
 SF_BINARY_RE = re.compile(rb"\A:[A-Za-z0-9+/]+={0,2}:\Z")
 
