@@ -520,12 +520,15 @@ class ClientConnection(asyncio.Protocol):
         self._active = None
         if self._closed:
             return
-        if self._closing or not ex.keep_alive or not ex.body_done or self._broken:
+        # A bodyless request refused from on_headers_complete is still "being parsed": llhttp calls
+        # on_message_complete right after, so it is complete and the connection stays reusable.
+        refused_head_only = self._parsing is ex and not ex.has_body
+        if self._closing or not ex.keep_alive or not (ex.body_done or refused_head_only) or self._broken:
             self._close()
             return
         if self._queue:
             self._start_next()
-        elif self._parsing is None:
+        elif self._parsing is None or refused_head_only:
             self._arm("idle", self.server.state.settings.limits.idle_timeout)
 
     def _respond_error(self, ex: Exchange, error: ProxyError) -> None:

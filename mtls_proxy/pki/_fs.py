@@ -91,7 +91,10 @@ def _write_temp(f: _File) -> Path:
     """Create a fresh temporary sibling of ``f.path`` with its final mode and content."""
     tmp = f.path.with_name(f".{f.path.name}.{secrets.token_hex(6)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(tmp, flags, f.mode)
+    try:
+        fd = os.open(tmp, flags, f.mode)
+    except OSError as exc:  # name the file the operator asked for, not our temporary
+        raise type(exc)(exc.errno, exc.strerror, str(f.path)) from exc
     try:
         view = memoryview(f.data)
         while view:

@@ -1,0 +1,19 @@
+# mtls-proxy: docker run -v ./certs:/certs:ro -v ./config.yaml:/etc/mtls-proxy/config.yaml:ro -p 8443:8443 IMAGE
+FROM python:3.11-slim
+
+# Install the package (and its runtime dependencies only) as root, then drop privileges.
+COPY pyproject.toml README.md /src/
+COPY mtls_proxy /src/mtls_proxy
+RUN pip install --no-cache-dir /src && rm -rf /src \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mtls
+
+USER 10001
+# Certificates, keys and CRLs are mounted at /certs, the config at /etc/mtls-proxy/config.yaml.
+VOLUME ["/certs"]
+EXPOSE 8443
+# Liveness: the TLS port accepts connections (a plain TCP connect; no client certificate needed).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 8443), 2).close()"]
+# Exec form: the proxy is PID 1 and receives SIGHUP (reload) and SIGTERM (drain) directly.
+ENTRYPOINT ["mtls-proxy"]
+CMD ["run", "--config", "/etc/mtls-proxy/config.yaml"]

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: system tools the tests drive, the test extras, pytest.
+# Usage: bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real clients the tests use: curl, openssl s_client, the JDK's javac/keytool/java (JSSE client).
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
+{ command -v javac >/dev/null && command -v keytool >/dev/null; } || missing+=(default-jdk-headless)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing test tools: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# A virtual environment unless one is active already.
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+python -m pip install -q --upgrade pip
+python -m pip install -q -e '.[test]'
+exec python -m pytest "$@"
