@@ -17,7 +17,7 @@ def _event_loop_factory() -> type[asyncio.AbstractEventLoop] | None:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
         return None
-    return uvloop.Loop  # type: ignore[no-any-return]
+    return uvloop.Loop
 
 
 def cmd_run(args: argparse.Namespace) -> int:

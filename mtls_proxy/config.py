@@ -65,6 +65,21 @@ class IdentitySettings:
     rfc9440: bool = False
     rfc9440_chain: bool = False
     signing_key_file: Path | None = None
+    #: add ``Client-Cert-Renew-By`` to responses when the client cert expires within this (0: never)
+    renew_window: float = 0.0
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    #: plain-HTTP /healthz, /readyz, /metrics; None turns the admin listener off
+    listen: ListenAddress | None = ListenAddress("127.0.0.1", 9900)
+
+
+@dataclass(frozen=True)
+class ReloadSettings:
+    #: reload when the config, certificate, key, CA, CRL or signing-key files change (no SIGHUP needed)
+    watch: bool = False
+    debounce: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -99,9 +114,18 @@ class Settings:
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     limits: Limits = field(default_factory=Limits)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    reload: ReloadSettings = field(default_factory=ReloadSettings)
+
+    def watched_files(self) -> tuple[Path, ...]:
+        """Every file a reload reads: what ``reload.watch`` watches."""
+        files = [self.source, self.tls.cert, self.tls.key, *self.tls.client_ca, *self.tls.crl]
+        if self.identity.signing_key_file is not None:
+            files.append(self.identity.signing_key_file)
+        return tuple(files)
 
 
-TOP_LEVEL_KEYS = ("listen", "upstream", "tls", "identity", "policy", "limits", "logging")
+TOP_LEVEL_KEYS = ("listen", "upstream", "tls", "identity", "policy", "limits", "logging", "admin", "reload")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]i?[bB]?|[bB])?\s*$")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -209,14 +233,14 @@ class _Loader:
         return tuple(out)
 
 
-def _parse_listen(loader: _Loader, raw: Any) -> tuple[ListenAddress, ...]:
+def _parse_listen(loader: _Loader, raw: Any, key: str = "listen") -> tuple[ListenAddress, ...]:
     items = [raw] if isinstance(raw, (str, int)) else raw
     if not isinstance(items, list) or not items:
-        loader.problem("listen", "expected 'host:port' or a list of them")
+        loader.problem(key, "expected 'host:port' or a list of them")
         return ()
     out = []
     for i, item in enumerate(items):
-        path = f"listen[{i}]" if isinstance(raw, list) else "listen"
+        path = f"{key}[{i}]" if isinstance(raw, list) else key
         text = str(item)
         host, sep, port = text.rpartition(":")
         host = host.strip("[]") if sep else "0.0.0.0"
@@ -336,7 +360,7 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
 
 
 def _parse_identity(loader: _Loader, raw: Any) -> IdentitySettings:
-    d = loader.mapping(raw, "identity", ("headers", "rfc9440", "rfc9440_chain", "signing_key_file"))
+    d = loader.mapping(raw, "identity", ("headers", "rfc9440", "rfc9440_chain", "signing_key_file", "renew_window"))
     signing = None
     if d.get("signing_key_file") is not None:
         signing = loader.file(d["signing_key_file"], "identity.signing_key_file")
@@ -347,6 +371,31 @@ def _parse_identity(loader: _Loader, raw: Any) -> IdentitySettings:
         rfc9440=loader.typed(d, "rfc9440", "identity", bool, False),
         rfc9440_chain=loader.typed(d, "rfc9440_chain", "identity", bool, False),
         signing_key_file=signing,
+        renew_window=loader.converted(d, "renew_window", "identity", _duration_or_zero, 0.0),
+    )
+
+
+def _duration_or_zero(value: Any) -> float:
+    return 0.0 if value in (0, "0", None, False) else parse_duration(value)
+
+
+def _parse_admin(loader: _Loader, raw: Any) -> AdminSettings:
+    if raw is False:
+        return AdminSettings(listen=None)
+    d = loader.mapping(raw, "admin", ("listen",))
+    if "listen" not in d:
+        return AdminSettings()
+    if d["listen"] in (None, False, "off"):
+        return AdminSettings(listen=None)
+    addresses = _parse_listen(loader, d["listen"], "admin.listen")
+    return AdminSettings(listen=addresses[0] if addresses else None)
+
+
+def _parse_reload(loader: _Loader, raw: Any) -> ReloadSettings:
+    d = loader.mapping(raw, "reload", ("watch", "debounce"))
+    return ReloadSettings(
+        watch=loader.typed(d, "watch", "reload", bool, False),
+        debounce=loader.converted(d, "debounce", "reload", parse_duration, 0.3),
     )
 
 
@@ -417,6 +466,8 @@ def settings_from_mapping(raw: Any, source: Path) -> Settings:
     identity = _parse_identity(loader, top.get("identity"))
     limits = _parse_limits(loader, top.get("limits"))
     logging_settings = _parse_logging(loader, top.get("logging"))
+    admin = _parse_admin(loader, top.get("admin"))
+    reload_settings = _parse_reload(loader, top.get("reload"))
     policy = None
     if "policy" in top:
         policy, problems = compile_policy(top["policy"], "policy", parse_size)
@@ -425,5 +476,5 @@ def settings_from_mapping(raw: Any, source: Path) -> Settings:
         raise ConfigError(str(source), loader.problems or [ConfigProblem("", "incomplete configuration")])
     return Settings(
         source=source, listen=listen, upstream=upstream, tls=tls, policy=policy,
-        identity=identity, limits=limits, logging=logging_settings,
+        identity=identity, limits=limits, logging=logging_settings, admin=admin, reload=reload_settings,
     )

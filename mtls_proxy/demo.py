@@ -42,7 +42,7 @@ def _wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float) ->
         m = rx.search(line)
         if m:
             return m
-    raise RuntimeError(f"{proc.args[2] if len(proc.args) > 2 else proc.args}: did not start (no {pattern!r})")
+    raise RuntimeError(f"{proc.args!r}: did not start (no {pattern!r} in its output)")
 
 
 def _write_pki(root: Path) -> dict[str, Path]:

@@ -23,7 +23,7 @@ class AmbiguousPath(ValueError):
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
     """``b"/a/b?x=1"`` -> ``(b"/a/b", b"x=1")``; the query is forwarded untouched."""
-    path, sep, query = target.partition(b"?")
+    path, _, query = target.partition(b"?")
     return path, query
 
 

@@ -415,9 +415,9 @@ def compile_policy(
                 problems.add(f"{rpath}.clients", "expected 'any' or a list of matchers")
                 raw_clients = []
             for j, c in enumerate(raw_clients):
-                m = _compile_client(c, f"{rpath}.clients[{j}]", problems)
-                if m is not None:
-                    clients.append(m)
+                matcher = _compile_client(c, f"{rpath}.clients[{j}]", problems)
+                if matcher is not None:
+                    clients.append(matcher)
         elif "clients" in r:
             problems.add(f"{rpath}.clients", "a deny rule takes no clients")
         max_body: int | None = None

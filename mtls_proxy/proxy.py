@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 import httptools
@@ -198,7 +199,7 @@ class ClientConnection(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not der:  # CERT_REQUIRED makes this unreachable; fail closed all the same
-            transport.abort()
+            self.transport.abort()  # type: ignore[union-attr]
             return
         self.sni = getattr(ssl_object, "mtls_sni", None)
         chain: tuple[bytes, ...] = ()
@@ -208,7 +209,7 @@ class ClientConnection(asyncio.Protocol):
         if get_chain is not None:
             try:
                 chain = tuple(_cert_der(c) for c in get_chain()[1:])
-            except Exception:  # noqa: BLE001 - the chain is optional (RFC 9440 Client-Cert-Chain)
+            except Exception:
                 chain = ()
         self.peer = parse_peer(der, chain)
         self.server.connection_opened(self)
@@ -285,7 +286,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._broken:
             raise _StopParsing
-        ex = Exchange(self.loop.time())
+        ex = Exchange(perf_counter())
         self._parsing = ex
         if self._active is not None or self._queue:
             self._pause(_PAUSE_PIPELINE)
@@ -486,7 +487,8 @@ class ClientConnection(asyncio.Protocol):
             pool.release(up)
             return
         ex.upstream = up
-        ex.upstream_started = ex.upstream_activity = self.loop.time()
+        ex.upstream_started = perf_counter()
+        ex.upstream_activity = self.loop.time()
         up.attach(self)
         up.write(ex.upstream_head)
         if ex.body_buffer:
@@ -593,7 +595,7 @@ class ClientConnection(asyncio.Protocol):
         if self._active is not None:
             self._closing = True  # answer the active request, then close; nothing after it is trusted
             return
-        bad = ex or Exchange(self.loop.time())
+        bad = ex or Exchange(perf_counter())
         bad.keep_alive = False
         self._active = bad
         self._respond_error(bad, error)
@@ -616,7 +618,7 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.resp_status = status
         ex.upstream_keep_alive = keep_alive
-        ex.upstream_time = ex.upstream_activity - ex.upstream_started
+        ex.upstream_time = perf_counter() - ex.upstream_started
         dropped = connection_tokens(ex.resp_headers)
         has_length = False
         upstream_chunked = False
@@ -857,8 +859,7 @@ class ClientConnection(asyncio.Protocol):
 
     # --- logging ---------------------------------------------------------------------------------------------
     def _log_access(self, ex: Exchange, reason: str) -> None:
-        now = self.loop.time()
-        self.server.record_request(self, ex, reason, now - ex.started)
+        self.server.record_request(self, ex, reason, perf_counter() - ex.started)
 
 
 def _host_without_port(host: bytes) -> str:

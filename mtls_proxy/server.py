@@ -120,7 +120,7 @@ class ProxyServer:
                 ssl=state.ssl_context,
                 ssl_handshake_timeout=state.settings.tls.handshake_timeout,
             )
-        except (OSError, asyncio.TimeoutError, EOFError) as exc:
+        except (TimeoutError, OSError, EOFError) as exc:
             sock.close()
             self.stats["handshake_failures"] += 1
             reason = classify_handshake_error(exc)
@@ -185,7 +185,7 @@ class ProxyServer:
             except ConfigError as exc:
                 self.stats["reloads_failed"] += 1
                 log.error("reload failed, keeping generation %d: %s", self.state.generation, exc.render())
-            except Exception as exc:  # noqa: BLE001 - any failure keeps the old state serving
+            except Exception as exc:
                 self.stats["reloads_failed"] += 1
                 log.error("reload failed, keeping generation %d: %s", self.state.generation, exc)
             else:

@@ -35,6 +35,7 @@ class RuntimeState:
     generation: int
     loaded_at: float
     server_cert_not_after: dt.datetime
+    client_ca_not_after: tuple[tuple[str, dt.datetime], ...]
     crl_next_updates: tuple[tuple[str, dt.datetime | None], ...]
 
 
@@ -66,6 +67,7 @@ def build_state(settings: Settings, now: float) -> RuntimeState:
         )
     )
     leaf = x509.load_pem_x509_certificates(settings.tls.cert.read_bytes())[0]
+    cas = [c for p in settings.tls.client_ca for c in x509.load_pem_x509_certificates(p.read_bytes())]
     return RuntimeState(
         settings=settings,
         ssl_context=ctx,
@@ -74,6 +76,7 @@ def build_state(settings: Settings, now: float) -> RuntimeState:
         generation=next(_generations),
         loaded_at=now,
         server_cert_not_after=leaf.not_valid_after_utc,
+        client_ca_not_after=tuple((c.subject.rfc4514_string(), c.not_valid_after_utc) for c in cas),
         crl_next_updates=tuple(next_updates),
     )
 

@@ -10,16 +10,14 @@ closing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import httptools
 
 from mtls_proxy.config import Limits, UpstreamSettings
 from mtls_proxy.errors import UpstreamError, UpstreamTimeout
-
-if TYPE_CHECKING:
-    pass
 
 
 class ResponseSink(Protocol):
@@ -186,6 +184,7 @@ class UpstreamPool:
             if s.unix_path is not None:
                 coro = self.loop.create_unix_connection(lambda: UpstreamConnection(self), s.unix_path)
             else:
+                assert s.host is not None and s.port is not None
                 coro = self.loop.create_connection(lambda: UpstreamConnection(self), s.host, s.port)
             async with asyncio.timeout(self.connect_timeout):
                 _, proto = await coro
@@ -205,10 +204,8 @@ class UpstreamPool:
         self._idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._idle.remove(conn)
-        except ValueError:
-            pass
 
     def close(self) -> None:
         self.closed = True

@@ -17,4 +17,7 @@ urlpatterns = [
     path("api/whoami", views.WhoAmI.as_view()),
     path("api/files/<path:rest>", views.files),
     re_path(r"^admin(?:/.*)?\Z", views.admin_area),
+    path("api/tracked-upload/<str:upload_id>", views.tracked_upload),
+    path("api/tracked-upload/<str:upload_id>/status", views.tracked_upload_status),
+    path("api/set-cookies", views.set_cookies),
 ]

@@ -169,3 +169,30 @@ class WhoAmI(APIView):  # type: ignore[misc]
                 "client_cert": request.auth.as_dict() if request.auth is not None else None,
             }
         )
+
+
+# --- added for the proxy's streaming/limits tests: which uploads Django saw whole ---------------------
+#: upload id -> what the view received; a view only runs once Django has read the whole body,
+#: so an id appears here only if Django took a body as complete.
+_COMPLETED_UPLOADS: dict[str, dict[str, Any]] = {}
+
+
+@require_http_methods(["POST", "PUT"])
+async def tracked_upload(request: HttpRequest, upload_id: str) -> JsonResponse:
+    """Like :func:`upload`, and records ``upload_id`` as completed (see :func:`tracked_upload_status`)."""
+    sha, length = await _adigest_body(request)
+    _COMPLETED_UPLOADS[upload_id] = {"sha256": sha, "length": length}
+    return JsonResponse({"id": upload_id, "sha256": sha, "length": length})
+
+
+async def tracked_upload_status(request: HttpRequest, upload_id: str) -> JsonResponse:
+    record = _COMPLETED_UPLOADS.get(upload_id)
+    return JsonResponse({"id": upload_id, "completed": record is not None, **(record or {})})
+
+
+async def set_cookies(request: HttpRequest) -> JsonResponse:
+    """Two Set-Cookie fields in one response: a proxy must keep repeated response fields."""
+    response = JsonResponse({"cookies": ["a", "b"]})
+    response.set_cookie("a", "1")
+    response.set_cookie("b", "2", httponly=True)
+    return response

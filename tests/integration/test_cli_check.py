@@ -86,7 +86,7 @@ def test_missing_file_and_yaml_errors(tmp_path):
 def test_expired_crl_is_refused_at_load(tmp_path, pki):
     import datetime as dt
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     crl = pki.crl("expired-crl.pem", [], this_update=now - dt.timedelta(days=10), next_update=now - dt.timedelta(days=1))
     cfg = tmp_path / "crl.yaml"
     cfg.write_text(yaml.safe_dump({

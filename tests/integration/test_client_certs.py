@@ -14,7 +14,7 @@ from tests.support.pki import TestPki
 from tests.support.proxy import ProxyFactory, ProxyProcess
 from tests.support.tlsclient import outcome, raw_exchange, status_and_body
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture(scope="module")

@@ -365,7 +365,14 @@ def test_right_passphrase_works(locked_pki: Pki, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["list"], ["issue-client", "--name", "x"], ["revoke", "--name", "x"], ["crl"], ["pins"], ["issue-server", "--dns", "a.test"]],
+    [
+        ["list"],
+        ["issue-client", "--name", "x"],
+        ["revoke", "--name", "x"],
+        ["crl"],
+        ["pins"],
+        ["issue-server", "--dns", "a.test"],
+    ],
 )
 def test_missing_and_uninitialised_dir(tmp_path: Path, args: list[str]) -> None:
     assert_refused(pki("--dir", tmp_path / "missing", *args, cwd=tmp_path), "does not exist")
@@ -441,7 +448,7 @@ def test_init_in_unwritable_parent(tmp_path: Path) -> None:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         cert = self.connection.getpeercert()  # type: ignore[attr-defined]
         cn = dict(item[0] for item in cert["subject"])["commonName"]
         status, body = (403, "forbidden") if self.path == "/forbidden" else (200, f"hello {cn}")
@@ -452,7 +459,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

@@ -77,8 +77,16 @@ def assert_refused(proxy: Any, ctx: ssl.SSLContext, reason: str, *, tls12: bool 
     handshake_failure_logged(proxy, reason, mark)
 
 
+#: the verify error OpenSSL reports (in the proxy's log) for each reason code
+VERIFY_DETAIL = {"cert_revoked": "certificate revoked", "unknown_ca": "unable to get local issuer certificate"}
+
+
 def handshake_failure_logged(proxy: Any, reason: str, mark: int) -> str:
-    m = proxy.wait_for_log(rf"tls handshake failed: client=127\.0\.0\.1 reason={reason} ", 10, start=mark)
+    m = proxy.wait_for_log(
+        rf"WARNING mtls_proxy tls handshake failed: client=127\.0\.0\.1 reason={reason} "
+        rf"detail=\[SSL: CERTIFICATE_VERIFY_FAILED\] certificate verify failed: {VERIFY_DETAIL[reason]} \(",
+        10, start=mark,
+    )
     return m.string
 
 
@@ -149,7 +157,7 @@ def test_twenty_reloads_under_load_lose_no_request(proxies, pki, tmp_path):
                     failures.append(f"worker {i} request {n}: {status} {body}")
                 else:
                     counts[i] += 1
-            except Exception as exc:  # noqa: BLE001 - every failure is collected and asserted on
+            except Exception as exc:
                 failures.append(f"worker {i} request {n}: {type(exc).__name__}: {exc}")
                 if conn is not None:
                     conn.close()
@@ -235,8 +243,7 @@ def test_cert_revoked_by_reload_is_refused_on_new_and_open_connections(proxies, 
     mark = proxy.log_count()
     stage, err = tls_refusal(proxy, victim_ctx)
     assert (stage, type(err), err.reason) == ("read", ssl.SSLEOFError, "UNEXPECTED_EOF_WHILE_READING")
-    line = handshake_failure_logged(proxy, "cert_revoked", mark)
-    assert line.endswith("certificate revoked (_ssl.c:1006)") or "certificate revoked" in line, line
+    handshake_failure_logged(proxy, "cert_revoked", mark)
     assert_refused(proxy, pki.client_context(victim, max_version=ssl.TLSVersion.TLSv1_2), "cert_revoked",
                    tls12=True)
 

@@ -60,7 +60,7 @@ class TestPki:
         return files
 
     def crl(self, name: str, revoked: list[ClientFiles], *, issuer: X.Issued | None = None, **kwargs: Any) -> Path:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         crl = X.build_crl(issuer or self.ca, [(c.issued.cert.serial_number, now) for c in revoked], **kwargs)
         return self._write(name, X.crl_pem(crl))
 

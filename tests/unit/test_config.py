@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtls_proxy.config import Limits, LoggingSettings, TlsSettings, IdentitySettings, parse_duration, parse_size, settings_from_mapping
+from mtls_proxy.config import (
+    IdentitySettings,
+    Limits,
+    LoggingSettings,
+    TlsSettings,
+    parse_duration,
+    parse_size,
+    settings_from_mapping,
+)
 from mtls_proxy.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"

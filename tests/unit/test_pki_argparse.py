@@ -56,7 +56,9 @@ def test_errors_are_one_line_and_return_1(tmp_path: Path) -> None:
 def test_oserror_becomes_an_error_line(tmp_path: Path) -> None:
     d = str(tmp_path / "pki")
     assert run("--dir", d, "init")[0] == 0
-    code, _, err = run("--dir", d, "issue-client", "--name", "x", "--p12", str(tmp_path / "no" / "x.p12"), "--password", "p")
+    code, _, err = run(
+        "--dir", d, "issue-client", "--name", "x", "--p12", str(tmp_path / "no" / "x.p12"), "--password", "p"
+    )
     assert code == 1
     assert err.startswith("mtls-proxy pki: error: ") and "No such file" in err
 
@@ -93,7 +95,9 @@ def test_pins_formats(tmp_path: Path) -> None:
     assert code == 0 and len(out.splitlines()) == 2
     code, _, err = run("--dir", d, "pins", "--format", "android")
     assert code == 1 and "--host" in err, "an IP-only server cert has no pinnable host"
-    code, out, _ = run("--dir", d, "pins", "--format", "okhttp", "--host", "api.example.com", "--expiration", "2030-01-02")
+    code, out, _ = run(
+        "--dir", d, "pins", "--format", "okhttp", "--host", "api.example.com", "--expiration", "2030-01-02"
+    )
     assert code == 0 and out.count('.add("api.example.com", "sha256/') == 2
 
 

@@ -223,7 +223,7 @@ def test_render_dispatch_and_unknown_format() -> None:
 
 
 def test_hostile_host_cannot_break_the_xml() -> None:
-    evil = PinSet("a<b>&\"c", PINS.pins, "ca", PINS.expiration, "server-ca.pem")
+    evil = PinSet('a<b>&"c', PINS.pins, "ca", PINS.expiration, "server-ca.pem")
     root = ET.fromstring(render_android(evil))
     assert root.findtext("domain-config/domain") == 'a<b>&"c'
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -507,3 +508,22 @@ def test_staged_writes_replace_atomically_with_final_mode(tmp_path: Path) -> Non
     assert target.read_bytes() == b"new"
     assert mode(target) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["secret.key"]
+
+
+def test_concurrent_issues_do_not_lose_index_updates(store: PkiStore) -> None:
+    """Each command holds a flock on the directory: parallel read-modify-writes serialise."""
+    errors: list[BaseException] = []
+
+    def issue(i: int) -> None:
+        try:
+            PkiStore(store.directory).issue_client(f"dev-{i}")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=issue, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(r.name for r in store.records()) == sorted(f"dev-{i}" for i in range(8))
