@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mtls_proxy import __version__
 from mtls_proxy.errors import ConfigError
+from mtls_proxy.pki.cli import add_pki_parser, run_pki
+
+if TYPE_CHECKING:
+    from mtls_proxy.state import RuntimeState
 
 
 def _event_loop_factory() -> type[asyncio.AbstractEventLoop] | None:
@@ -20,9 +27,20 @@ def _event_loop_factory() -> type[asyncio.AbstractEventLoop] | None:
     return uvloop.Loop
 
 
+def _workers(value: str) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("--workers must be at least 1 (or 'auto')")
+    return n
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.worker_fds is None and args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # before mtls_proxy.metrics is imported: workers then write their values where the parent sums them
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mtls-proxy-metrics-")
     from mtls_proxy.logs import setup_logging
-    from mtls_proxy.server import run_server
     from mtls_proxy.state import load_state
 
     try:
@@ -30,15 +48,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"mtls-proxy: {exc.render()}", file=sys.stderr)
         return 1
-    setup_logging(state.settings.logging)
+    setup_logging(state.settings.logging, args.log_format, args.worker_index)
     factory = _event_loop_factory()
     runner = asyncio.Runner(loop_factory=factory) if factory else asyncio.Runner()
     with runner:
         try:
-            runner.run(run_server(args.config, state))
+            if args.worker_fds is not None:
+                return runner.run(_run_worker(args, state))
+            if args.workers > 1:
+                from mtls_proxy.supervisor import Supervisor
+
+                return runner.run(Supervisor(args.config, state, args.workers, watch=args.watch or
+                                             state.settings.reload.watch, log_format=args.log_format).run())
+            from mtls_proxy.server import run_server
+
+            runner.run(run_server(args.config, state, watch=args.watch or None))
         except OSError as exc:
             print(f"mtls-proxy: cannot listen: {exc}", file=sys.stderr)
             return 1
+    return 0
+
+
+async def _run_worker(args: argparse.Namespace, state: RuntimeState) -> int:
+    """A worker of the supervisor: inherited listeners, readiness on a pipe, no admin or watch of its own."""
+    import socket
+
+    from mtls_proxy.server import run_server
+
+    sockets = [socket.socket(fileno=int(fd)) for fd in args.worker_fds.split(",")]
+
+    def ready() -> None:
+        os.write(args.ready_fd, b"1")
+        os.close(args.ready_fd)
+
+    await run_server(args.config, state, sockets, admin=False, watch=False, on_ready=ready, worker=True)
     return 0
 
 
@@ -76,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="serve with a config file")
     run.add_argument("--config", "-c", required=True, help="YAML config file")
+    run.add_argument("--workers", type=_workers, default=1,
+                     help="worker processes sharing the listeners (default 1; 'auto' = one per core)")
+    run.add_argument("--watch", action="store_true",
+                     help="reload when the config, certificate, key, CA, CRL or signing-key files change")
+    run.add_argument("--log-format", choices=("text", "json"), help="override logging.format")
+    run.add_argument("--worker-fds", help=argparse.SUPPRESS)
+    run.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a config file and everything it names, then exit")
@@ -87,13 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8443, help="proxy port (default 8443; 0 picks a free one)")
     demo.set_defaults(func=cmd_demo)
 
-    try:
-        from mtls_proxy.pki.cli import add_pki_parser, run_pki
-    except ImportError:  # the pki module is optional at import time only while it is being built
-        pass
-    else:
-        add_pki_parser(sub)
-        sub.choices["pki"].set_defaults(func=run_pki)
+    add_pki_parser(sub)
+    sub.choices["pki"].set_defaults(func=run_pki)
     return parser
 
 

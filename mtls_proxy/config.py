@@ -128,8 +128,8 @@ class Settings:
 TOP_LEVEL_KEYS = ("listen", "upstream", "tls", "identity", "policy", "limits", "logging", "admin", "reload")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]i?[bB]?|[bB])?\s*$")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def parse_size(value: Any) -> int:
@@ -148,7 +148,7 @@ def parse_size(value: Any) -> int:
 
 
 def parse_duration(value: Any) -> float:
-    """``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"5m"`` -> seconds."""
+    """``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"14d"`` -> seconds."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30, '500ms', '30s' or '5m'")
     if isinstance(value, (int, float)):

@@ -44,16 +44,35 @@ class TextFormatter(logging.Formatter):
         self.converter = time.gmtime
 
 
-def setup_logging(settings: LoggingSettings) -> None:
+_overrides: dict[str, Any] = {}
+
+
+def setup_logging(settings: LoggingSettings, format_override: str | None = None, worker: int | None = None) -> None:
+    """Configure the ``mtls_proxy`` loggers; the CLI's ``--log-format`` wins over the config (also on reload)."""
+    if format_override is not None:
+        _overrides["format"] = format_override
+    if worker is not None:
+        _overrides["worker"] = worker
+    fmt = _overrides.get("format", settings.format)
     root = logging.getLogger("mtls_proxy")
     for h in list(root.handlers):
         root.removeHandler(h)
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(settings.level.upper())
     root.propagate = False
     access_log.disabled = not settings.access_log
+
+
+def is_json() -> bool:
+    handlers = logging.getLogger("mtls_proxy").handlers
+    return bool(handlers) and isinstance(handlers[0].formatter, JsonFormatter)
+
+
+def worker_index() -> int | None:
+    value = _overrides.get("worker")
+    return int(value) if value is not None else None
 
 
 def format_access(fields: dict[str, Any]) -> str:

@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from time import perf_counter
+from time import perf_counter, time
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import httptools
 
+from mtls_proxy import metrics
 from mtls_proxy.certs import PeerIdentity, parse_peer
 from mtls_proxy.errors import (
     BadRequest,
@@ -189,6 +191,8 @@ class ClientConnection(asyncio.Protocol):
         self._upgrade_pending = False
         self._id_generation = -1
         self._id_headers: tuple[tuple[bytes, bytes], ...] = ()
+        self._head_fed = 0  # bytes fed while one request head was still unfinished
+        self._renew_header = b""
 
     # --- connection lifecycle -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -212,6 +216,7 @@ class ClientConnection(asyncio.Protocol):
             except Exception:
                 chain = ()
         self.peer = parse_peer(der, chain)
+        metrics.client_cert_seen(self.peer.not_after, time())
         self.server.connection_opened(self)
         self._arm("head", self.server.state.settings.limits.head_timeout)
 
@@ -263,6 +268,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._timer_kind == "idle":
             self._arm("head", self.server.state.settings.limits.head_timeout)
+        head_ex = self._parsing if self._parsing is not None and not self._parsing.headers_done else None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -278,6 +284,16 @@ class ClientConnection(asyncio.Protocol):
             error = self._parse_error or BadRequest(str(exc), _parser_reason(exc))
             self._parse_error = None
             self._on_parse_failure(error)
+        else:
+            ex = self._parsing
+            if ex is not None and ex is head_ex and not ex.headers_done:
+                # llhttp hands a header over only once its line ends (httptools buffers it until then):
+                # count whole reads spent inside one unfinished head, so an endless line is cut off too.
+                self._head_fed += len(data)
+                if self._head_fed > self.server.state.settings.limits.max_head_size:
+                    self._on_parse_failure(HeadTooLarge())
+            else:
+                self._head_fed = 0
 
     def eof_received(self) -> bool | None:
         return None
@@ -421,6 +437,13 @@ class ClientConnection(asyncio.Protocol):
             return
         assert self.peer is not None
         decision = state.policy.evaluate(self.peer, ex.method.decode("ascii"), path)
+        routed = unquote(raw_path.decode("ascii"))  # what the upstream routes: decoded, dot-segments kept
+        if decision.allowed and routed != path:
+            # The target is forwarded as sent and Django does not remove dot-segments: "/admin/../api"
+            # is judged as /api but routed under /admin. Both readings must be allowed.
+            routed_decision = state.policy.evaluate(self.peer, ex.method.decode("ascii"), routed)
+            if not routed_decision.allowed:
+                decision = routed_decision
         ex.rule = decision.rule
         ex.decision_reason = decision.reason
         if not decision.allowed:
@@ -453,6 +476,7 @@ class ClientConnection(asyncio.Protocol):
         if self._id_generation != state.generation:
             assert self.peer is not None
             self._id_headers = state.identity.connection_headers(self.peer)
+            self._renew_header = _renew_header(self.peer, state.settings.identity.renew_window)
             self._id_generation = state.generation
         for name, value in state.identity.request_headers(self._id_headers, method=ex.method):
             parts += (name, b": ", value, EOL)
@@ -548,6 +572,10 @@ class ClientConnection(asyncio.Protocol):
             self._closing = True
         ex.resp_status = error.status
         ex.decision_reason = error.reason
+        if isinstance(error, UpstreamError):
+            metrics.upstream_error(error.reason)
+        else:
+            metrics.denied(error.reason)
         data = error_response(error.status, error.reason, close=close, head_only=ex.is_head)
         ex.bytes_out = len(data)
         ex.resp_started = True
@@ -645,6 +673,8 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._closing = True  # HTTP/1.0 client: the body ends when the connection closes
             ex.resp_close_delimited = not upstream_chunked
+        if self._renew_header:
+            parts.append(self._renew_header)
         if ex.upgrade and status != 101:
             self._closing = True  # the request parser is in upgrade mode: nothing more can be read
         if self._closing or not ex.keep_alive or not ex.body_done:
@@ -657,6 +687,11 @@ class ClientConnection(asyncio.Protocol):
         ex.bytes_out += len(head)
         ex.resp_started = True
         self._write(head)
+        if ex.is_head and status != 101:
+            # The response parser cannot know this answers a HEAD: it would wait for the body that its
+            # Content-Length/Transfer-Encoding announce, which never comes. The response ends here
+            # (and _complete_response closes that upstream connection, whose parser is now out of step).
+            self._complete_response(ex)
 
     def on_upstream_body(self, data: bytes) -> None:
         ex = self._active
@@ -753,6 +788,7 @@ class ClientConnection(asyncio.Protocol):
             up.abort()
         if ex.resp_started:
             # Never present a short body as complete: reset the client connection.
+            metrics.upstream_error(error.reason)
             ex.decision_reason = error.reason
             self._log_access(ex, error.reason)
             self._active = None
@@ -857,9 +893,28 @@ class ClientConnection(asyncio.Protocol):
         if self._active is None and self._parsing is None and self._tunnel is None:
             self._close()
 
+    def drained(self) -> bool:
+        """Shutdown: nothing in progress and every byte handed to TLS is encrypted and passed on.
+
+        What may remain is the TLS close: the event loop waits (up to 30 s) for the peer's own
+        close_notify, which an idle client never sends; the drain must not wait for that.
+        """
+        if self._closed:
+            return True
+        if self._active is not None or self._parsing is not None or self._tunnel is not None or self._queue:
+            return False
+        return self.transport is None or self.transport.get_write_buffer_size() == 0
+
     # --- logging ---------------------------------------------------------------------------------------------
     def _log_access(self, ex: Exchange, reason: str) -> None:
         self.server.record_request(self, ex, reason, perf_counter() - ex.started)
+
+
+def _renew_header(peer: PeerIdentity, window: float) -> bytes:
+    """``Client-Cert-Renew-By`` when the certificate expires within ``window`` seconds, so the app renews early."""
+    if window <= 0 or peer.not_after.timestamp() - time() > window:
+        return b""
+    return b"Client-Cert-Renew-By: " + peer.not_after.strftime("%Y-%m-%dT%H:%M:%SZ").encode() + EOL
 
 
 def _host_without_port(host: bytes) -> str:

@@ -15,15 +15,19 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from mtls_proxy import metrics
+from mtls_proxy.admin import start_admin, upstream_reachable
 from mtls_proxy.config import ListenAddress
 from mtls_proxy.errors import ConfigError
-from mtls_proxy.logs import access_log, format_access, setup_logging
+from mtls_proxy.logs import access_log, format_access, setup_logging, worker_index
 from mtls_proxy.proxy import ClientConnection
 from mtls_proxy.state import RuntimeState, load_state
 from mtls_proxy.tls import classify_handshake_error
 from mtls_proxy.upstream import UpstreamPool
+from mtls_proxy.watch import watch_and_reload
 
 if TYPE_CHECKING:
     from mtls_proxy.proxy import Exchange
@@ -78,7 +82,8 @@ class ProxyServer:
         self._reloading: asyncio.Task[None] | None = None
         self._reload_again = False
         self._handshake_log = RateLimitedLog()
-        self.stats: dict[str, int] = {"requests": 0, "handshake_failures": 0, "reloads_ok": 0, "reloads_failed": 0}
+        self.count_reloads = True
+        self.worker = worker_index()
 
     # --- listeners ----------------------------------------------------------------------------------------
     def listen(self, sockets: list[socket.socket] | None = None) -> None:
@@ -122,13 +127,15 @@ class ProxyServer:
             )
         except (TimeoutError, OSError, EOFError) as exc:
             sock.close()
-            self.stats["handshake_failures"] += 1
             reason = classify_handshake_error(exc)
+            metrics.handshake_failed(reason)
             if self._handshake_log.allow(self.loop.time()):
                 log.warning(
                     "tls handshake failed: client=%s reason=%s detail=%s",
                     addr[0] if isinstance(addr, tuple) else addr, reason, exc,
                 )
+        else:
+            metrics.HANDSHAKES.inc()
         finally:
             self.handshaking -= 1
             self._slot_free.set()
@@ -136,15 +143,19 @@ class ProxyServer:
     # --- connection bookkeeping (called by ClientConnection) ----------------------------------------------
     def connection_opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)
+        metrics.CONNECTIONS.inc()
         if self.draining:
             conn.start_drain()
 
     def connection_closed(self, conn: ClientConnection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            metrics.CONNECTIONS.dec()
         self._slot_free.set()
 
     def record_request(self, conn: ClientConnection, ex: Exchange, reason: str, duration: float) -> None:
-        self.stats["requests"] += 1
+        bytes_in = ex.head_size + ex.body_received
+        metrics.observe_request(ex.method, ex.rule, ex.resp_status, duration, ex.upstream_time, bytes_in, ex.bytes_out)
         if access_log.disabled or not access_log.isEnabledFor(logging.INFO):
             return
         peer = conn.peer
@@ -155,13 +166,15 @@ class ProxyServer:
             "method": ex.method.decode("ascii", "replace") or "-",
             "path": ex.target.decode("ascii", "replace")[:1024] or "-",
             "status": ex.resp_status,
-            "bytes_in": ex.head_size + ex.body_received,
+            "bytes_in": bytes_in,
             "bytes_out": ex.bytes_out,
             "total_ms": round(duration * 1000, 2),
             "upstream_ms": round(ex.upstream_time * 1000, 2),
             "rule": ex.rule,
             "reason": reason if reason != "-" else ex.decision_reason,
         }
+        if self.worker is not None:
+            fields["worker"] = self.worker
         if self.state.settings.logging.format == "json":
             access_log.info("access", extra={"fields": fields})
         else:
@@ -183,10 +196,12 @@ class ProxyServer:
             try:
                 new = await self.loop.run_in_executor(None, load_state, self.config_path, time.time())
             except ConfigError as exc:
-                self.stats["reloads_failed"] += 1
+                if self.count_reloads:
+                    metrics.reloaded(False)
                 log.error("reload failed, keeping generation %d: %s", self.state.generation, exc.render())
             except Exception as exc:
-                self.stats["reloads_failed"] += 1
+                if self.count_reloads:
+                    metrics.reloaded(False)
                 log.error("reload failed, keeping generation %d: %s", self.state.generation, exc)
             else:
                 self._apply(new)
@@ -205,7 +220,10 @@ class ProxyServer:
         if new.settings.logging != old.settings.logging:
             setup_logging(new.settings.logging)
         self.state = new
-        self.stats["reloads_ok"] += 1
+        if self.count_reloads:
+            metrics.reloaded(True, new)
+        else:
+            metrics.publish_state(new)
         log.info("reloaded: generation %d (was %d)", new.generation, old.generation)
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
@@ -233,7 +251,14 @@ class ProxyServer:
         for conn in list(self.connections):
             conn.start_drain()
         deadline = self.loop.time() + timeout
-        while (self.connections or self.handshaking) and self.loop.time() < deadline:
+        while self.loop.time() < deadline and (
+            self.handshaking or not all(conn.drained() for conn in self.connections)
+        ):
+            await asyncio.sleep(0.05)
+        # Every response is complete and handed to TLS; closed connections may still wait for the
+        # peer's close_notify (an idle keep-alive client never sends it): a short grace, then cut.
+        grace = min(deadline, self.loop.time() + 0.5)
+        while self.connections and self.loop.time() < grace:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             if conn.transport is not None:
@@ -242,9 +267,42 @@ class ProxyServer:
         log.info("stopped")
 
 
-async def run_server(config_path: str, state: RuntimeState) -> None:
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz checks in a single-process proxy."""
+        return {
+            "config_loaded": self.state is not None,
+            "listening": bool(self.sockets) and not self.draining,
+            "upstream": await upstream_reachable(self.state.settings.upstream),
+        }
+
+
+async def run_server(config_path: str, state: RuntimeState, sockets: list[socket.socket] | None = None,
+                     *, admin: bool = True, watch: bool | None = None,
+                     on_ready: Callable[[], None] | None = None, worker: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT. ``sockets`` are inherited listeners (worker mode); admin/watch run here
+    unless a supervisor runs them for all workers."""
     loop = asyncio.get_running_loop()
     server = ProxyServer(state, config_path, loop)
     server.install_signal_handlers()
-    server.listen()
-    await server.serve_until_stopped()
+    server.count_reloads = not worker  # in worker mode the supervisor counts reloads once
+    server.listen(sockets)
+    metrics.publish_state(state)
+    runner = None
+    if admin and state.settings.admin.listen is not None:
+        runner = await start_admin(state.settings.admin.listen, server.readiness)
+        log.info("admin on http://%s (/healthz /readyz /metrics)", state.settings.admin.listen)
+    watcher = None
+    if watch if watch is not None else state.settings.reload.watch:
+        watcher = loop.create_task(watch_and_reload(
+            lambda: server.state.settings.watched_files(), server.request_reload,
+            state.settings.reload.debounce, server._stop,
+        ))
+    if on_ready is not None:
+        on_ready()
+    try:
+        await server.serve_until_stopped()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        if runner is not None:
+            await runner.cleanup()

@@ -20,4 +20,7 @@ urlpatterns = [
     path("api/tracked-upload/<str:upload_id>", views.tracked_upload),
     path("api/tracked-upload/<str:upload_id>/status", views.tracked_upload_status),
     path("api/set-cookies", views.set_cookies),
+    # hardening tests (tests/hardening): which requests reached Django, by marker
+    path("api/probe/<str:marker>", views.probe),
+    path("api/probe-seen/<str:marker>", views.probe_seen),
 ]

@@ -196,3 +196,30 @@ async def set_cookies(request: HttpRequest) -> JsonResponse:
     response.set_cookie("a", "1")
     response.set_cookie("b", "2", httponly=True)
     return response
+
+
+# --- added for the hardening tests (tests/hardening): did a request reach Django at all? ---------------
+#: marker -> every request Django routed to ``api/probe/<marker>``. Smuggling tests hide such a
+#: request inside bytes the proxy must refuse, then ask Django directly (not through the proxy)
+#: whether it ever ran.
+_PROBES: dict[str, list[dict[str, Any]]] = {}
+
+
+async def probe(request: HttpRequest, marker: str) -> JsonResponse:
+    """Records this request under ``marker`` (any method); answers how often it was seen."""
+    sha, length = await _adigest_body(request)
+    record = {
+        "method": request.method,
+        "path": request.path,
+        "query_string": request.META.get("QUERY_STRING", ""),
+        "signed": "HTTP_X_CLIENT_CERT_SIGNATURE" in request.META,
+        "body_length": length,
+        "body_sha256": sha,
+        "headers": {k: v for k, v in request.META.items() if k.startswith("HTTP_")},
+    }
+    _PROBES.setdefault(marker, []).append(record)
+    return JsonResponse({"probe": marker, "seen": len(_PROBES[marker])})
+
+
+async def probe_seen(request: HttpRequest, marker: str) -> JsonResponse:
+    return JsonResponse({"marker": marker, "requests": _PROBES.get(marker, [])})

@@ -51,12 +51,14 @@ def add_pki_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ign
         description="Manage the private PKI of the proxy: a client CA for the devices, the server "
         "certificate, the CRL the proxy reloads on SIGHUP, and the pins to ship in the apps.",
     )
-    pki.add_argument("--dir", dest="pki_dir", default=DEFAULT_DIR, help=f"PKI directory (default {DEFAULT_DIR})")
+    pki.add_argument(
+        "--dir", dest="pki_dir", metavar="DIR", default=DEFAULT_DIR, help=f"PKI directory (default {DEFAULT_DIR})"
+    )
     # Subcommands re-declare --dir with SUPPRESS so a value given after the subcommand wins
     # and an absent one does not reset the value given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--dir", dest="pki_dir", default=argparse.SUPPRESS, help=f"PKI directory (default {DEFAULT_DIR})"
+        "--dir", dest="pki_dir", metavar="DIR", default=argparse.SUPPRESS, help=f"PKI directory (default {DEFAULT_DIR})"
     )
     unlock = argparse.ArgumentParser(add_help=False)
     unlock.add_argument(
