@@ -11,9 +11,9 @@ USER 10001
 # Certificates, keys and CRLs are mounted at /certs, the config at /etc/mtls-proxy/config.yaml.
 VOLUME ["/certs"]
 EXPOSE 8443
-# Liveness: the TLS port accepts connections (a plain TCP connect; no client certificate needed).
+# Liveness: the admin listener's /healthz (admin.listen, default 127.0.0.1:9900 inside the container).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 8443), 2).close()"]
+    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:9900/healthz', timeout=2)"]
 # Exec form: the proxy is PID 1 and receives SIGHUP (reload) and SIGTERM (drain) directly.
 ENTRYPOINT ["mtls-proxy"]
 CMD ["run", "--config", "/etc/mtls-proxy/config.yaml"]

@@ -128,6 +128,7 @@ def run_demo(*, smoke: bool = False, port: int = 8443) -> int:
             "upstream": f"unix:{sock}",
             "tls": {"cert": str(files["server"]), "key": str(files["server_key"]), "client_ca": str(files["ca"])},
             "identity": {"signing_key_file": str(files["signing_key"])},
+            "admin": False,
             "policy": {"rules": [
                 {"name": "no-admin", "paths": ["/admin/"], "action": "deny"},
                 {"name": "app", "paths": ["/"], "clients": "any"},

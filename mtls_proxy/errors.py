@@ -40,6 +40,13 @@ class ExpectationFailed(ProxyError):
     reason = "expectation_failed"
 
 
+class TransferCodingNotImplemented(ProxyError):
+    """A request transfer coding other than plain ``chunked`` (RFC 9112 6.1): never dropped silently."""
+
+    status = 501
+    reason = "unsupported_transfer_coding"
+
+
 class MisdirectedRequest(ProxyError):
     """Host does not match the TLS SNI name (RFC 9110 15.5.20)."""
 

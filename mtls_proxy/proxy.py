@@ -38,6 +38,7 @@ from mtls_proxy.errors import (
     MisdirectedRequest,
     PolicyDenied,
     ProxyError,
+    TransferCodingNotImplemented,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -399,6 +400,10 @@ class ClientConnection(asyncio.Protocol):
                 ex.content_length = int(value)
             elif lname == b"transfer-encoding":
                 ex.chunked = True
+                if value.strip().lower() != b"chunked" and ex.refusal is None:
+                    # llhttp accepts "gzip, chunked"; the body is re-framed as plain chunked, so Django
+                    # would get gzip bytes with no coding left to say so: refuse instead.
+                    ex.refusal = TransferCodingNotImplemented(f"Transfer-Encoding {value!r}")
             elif lname == b"expect":
                 if value.strip().lower() == b"100-continue":
                     ex.expect_continue = True

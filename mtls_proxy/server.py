@@ -285,12 +285,12 @@ async def run_server(config_path: str, state: RuntimeState, sockets: list[socket
     server = ProxyServer(state, config_path, loop)
     server.install_signal_handlers()
     server.count_reloads = not worker  # in worker mode the supervisor counts reloads once
-    server.listen(sockets)
-    metrics.publish_state(state)
     runner = None
-    if admin and state.settings.admin.listen is not None:
+    if admin and state.settings.admin.listen is not None:  # bound first: a busy admin port fails the start
         runner = await start_admin(state.settings.admin.listen, server.readiness)
         log.info("admin on http://%s (/healthz /readyz /metrics)", state.settings.admin.listen)
+    server.listen(sockets)
+    metrics.publish_state(state)
     watcher = None
     if watch if watch is not None else state.settings.reload.watch:
         watcher = loop.create_task(watch_and_reload(

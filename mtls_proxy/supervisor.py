@@ -76,8 +76,6 @@ class Supervisor:
             self.workers.append(Worker(i, [bind_reuseport(a) for a in addresses]))
         if any(a.port == 0 for a in addresses):
             raise OSError("port 0 cannot be shared between workers: give a fixed port")
-        for a in addresses:
-            log.info("listening on https://%s:%d with %d workers", a.host, a.port, self.count)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
@@ -86,6 +84,8 @@ class Supervisor:
         if self.state.settings.admin.listen is not None:
             runner = await start_admin(self.state.settings.admin.listen, self.readiness)
             log.info("admin on http://%s (/healthz /readyz /metrics)", self.state.settings.admin.listen)
+        for a in addresses:
+            log.info("listening on https://%s:%d with %d workers", a.host, a.port, self.count)
         watcher = None
         if self.watch:
             watcher = loop.create_task(watch_and_reload(

@@ -35,6 +35,7 @@ def base_config(pki: Any, upstream_url: str, port: int) -> dict[str, Any]:
         "identity": {"signing_key_file": str(pki.signing_key)},
         "policy": {"rules": [{"name": "all", "paths": ["/"], "clients": "any"}]},
         "logging": {"level": "info"},
+        "admin": {"listen": f"127.0.0.1:{free_port()}"},
     }
 
 
