@@ -8,16 +8,28 @@ from typing import Any
 
 import pytest
 
+from mtls_proxy.config import TOP_LEVEL_KEYS
 from tests.support.pki import TestPki
-from tests.support.proxy import ProxyFactory, ProxyProcess
+from tests.support.proxy import ProxyFactory, ProxyProcess, free_port
 
 #: The policy of the issue: /admin/ denied to everyone, /api/ open to every verified client.
 GUARD_POLICY: dict[str, Any] = {
     "rules": [
         {"name": "no-admin", "paths": ["/admin/"], "action": "deny"},
         {"name": "api", "paths": ["/api/"], "clients": "any"},
+        {"name": "ws", "paths": ["/ws/"], "clients": "any"},
     ]
 }
+
+
+def isolated(**overrides: Any) -> dict[str, Any]:
+    """Config overrides for a proxy that shares no fixed port with other test processes.
+
+    (The admin listener, where the config knows it, gets a free port instead of its default.)
+    """
+    if "admin" in TOP_LEVEL_KEYS and "admin" not in overrides:
+        overrides["admin"] = {"listen": f"127.0.0.1:{free_port()}"}
+    return overrides
 
 
 @dataclass
@@ -35,6 +47,6 @@ class Guarded:
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory, pki: TestPki, upstream: Any) -> Iterator[Guarded]:
     factory = ProxyFactory(tmp_path_factory.mktemp("guarded"), pki, upstream.url)
-    proxy = factory.start(policy=GUARD_POLICY)
+    proxy = factory.start(**isolated(policy=GUARD_POLICY))
     yield Guarded(proxy, pki.client_context(pki.client("hardening-client")), pki, upstream)
     factory.close()

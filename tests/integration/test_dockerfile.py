@@ -43,8 +43,9 @@ def test_image_command_line_serves_and_healthcheck_passes(tmp_path, pki, upstrea
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "listening on https://127.0.0.1:8443" in line, line
+        first, second = proc.stdout.readline(), proc.stdout.readline()
+        assert "admin on http://127.0.0.1:9900" in first, first
+        assert "listening on https://127.0.0.1:8443" in second, second
         healthy = subprocess.run([sys.executable if a == "python" else a for a in health], capture_output=True)
         assert healthy.returncode == 0, healthy.stderr
         assert unhealthy.returncode != 0  # the healthcheck can fail: nothing listened before start
