@@ -64,6 +64,9 @@ class PeerIdentity:
     has_client_auth_eku: bool = False
     is_ca: bool = False
     chain_der: tuple[bytes, ...] = field(default=(), compare=False)  # verified chain without the leaf
+    #: SHA-256 (hex) of the trust anchor the handshake chained to: lets a reload that drops a CA
+    #: refuse that CA's clients on connections opened before it
+    anchor_sha256: str = ""
 
     @property
     def common_name(self) -> str:
@@ -116,4 +119,5 @@ def parse_peer(der: bytes, chain_der: tuple[bytes, ...] = ()) -> PeerIdentity:
         has_client_auth_eku=client_auth,
         is_ca=is_ca,
         chain_der=chain_der,
+        anchor_sha256=hashlib.sha256(chain_der[-1] if chain_der else der).hexdigest(),
     )

@@ -169,9 +169,12 @@ class Policy:
     deny_spki: frozenset[str] = frozenset()
     #: (issuer RFC 4514 DN, serial) pairs from the CRLs, merged in at state build.
     revoked: frozenset[tuple[str, int]] = field(default=frozenset())
+    #: SHA-256 of the client CA certificates currently trusted (merged in at state build; empty: not checked)
+    trusted_anchors: frozenset[str] = field(default=frozenset())
 
-    def with_revoked(self, revoked: Iterable[tuple[str, int]]) -> Policy:
-        return replace(self, revoked=frozenset(revoked))
+    def with_trust(self, revoked: Iterable[tuple[str, int]], anchors: Iterable[str] = ()) -> Policy:
+        """This policy plus what the TLS material says: CRL-revoked serials and the trusted CAs."""
+        return replace(self, revoked=frozenset(revoked), trusted_anchors=frozenset(anchors))
 
     def judge_client(self, peer: PeerIdentity) -> Decision | None:
         """The checks that depend on the certificate only: a denial, or None."""
@@ -179,6 +182,8 @@ class Policy:
             return Decision(False, "-", "client_auth_eku_missing")
         if peer.is_ca:
             return Decision(False, "-", "leaf_is_ca")
+        if self.trusted_anchors and peer.anchor_sha256 not in self.trusted_anchors:
+            return Decision(False, "-", "ca_not_trusted")
         if (peer.issuer_dn, peer.serial) in self.revoked:
             return Decision(False, "-", "revoked")
         if (

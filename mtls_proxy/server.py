@@ -22,7 +22,7 @@ from mtls_proxy import metrics
 from mtls_proxy.admin import start_admin, upstream_reachable
 from mtls_proxy.config import ListenAddress
 from mtls_proxy.errors import ConfigError
-from mtls_proxy.logs import access_log, format_access, setup_logging, worker_index
+from mtls_proxy.logs import access_log, format_access, is_json, setup_logging, worker_index
 from mtls_proxy.proxy import ClientConnection
 from mtls_proxy.state import RuntimeState, load_state
 from mtls_proxy.tls import classify_handshake_error
@@ -175,14 +175,14 @@ class ProxyServer:
         }
         if self.worker is not None:
             fields["worker"] = self.worker
-        if self.state.settings.logging.format == "json":
+        if is_json():  # the effective format: --log-format overrides logging.format
             access_log.info("access", extra={"fields": fields})
         else:
             access_log.info(format_access(fields))
 
     # --- reload ------------------------------------------------------------------------------------------------
     def request_reload(self) -> None:
-        if self.draining:
+        if self.draining or self._stop.is_set():
             log.info("reload ignored: shutting down")
             return
         if self._reloading is not None and not self._reloading.done():
@@ -234,7 +234,16 @@ class ProxyServer:
 
     async def serve_until_stopped(self) -> None:
         await self._stop.wait()
-        await self.drain()
+        try:
+            await self.drain()
+        finally:
+            # Closing the loop puts SIGHUP back to its default action (terminate): a SIGHUP in the last
+            # moments of a shutdown (log rotation, a supervisor's forward) would end us with -SIGHUP.
+            try:
+                if self.loop.remove_signal_handler(signal.SIGHUP):
+                    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            except (ValueError, RuntimeError):  # not the main thread: no handler of ours was installed
+                pass
 
     def stop(self) -> None:
         self._stop.set()

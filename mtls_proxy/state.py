@@ -10,12 +10,14 @@ and a failed build leaves the old one serving.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from mtls_proxy.config import Settings, load_settings
 from mtls_proxy.errors import ConfigError, ConfigProblem
@@ -71,7 +73,8 @@ def build_state(settings: Settings, now: float) -> RuntimeState:
     return RuntimeState(
         settings=settings,
         ssl_context=ctx,
-        policy=settings.policy.with_revoked(revoked),
+        policy=settings.policy.with_trust(revoked, (hashlib.sha256(c.public_bytes(Encoding.DER)).hexdigest()
+                                                     for c in cas)),
         identity=encoder,
         generation=next(_generations),
         loaded_at=now,

@@ -106,10 +106,10 @@ def test_denylist_and_revocation_apply_before_rules():
     for deny in ({"serials": [format(DEVICE.serial, "x")]}, {"fingerprints": [DEVICE.fingerprint_sha256]},
                  {"spki": [DEVICE.spki_sha256]}):
         assert compile_ok({**everyone, "deny": deny}).evaluate(DEVICE, "GET", "/").reason == "denylisted"
-    revoked = compile_ok(everyone).with_revoked([(DEVICE.issuer_dn, DEVICE.serial)])
+    revoked = compile_ok(everyone).with_trust([(DEVICE.issuer_dn, DEVICE.serial)])
     assert revoked.evaluate(DEVICE, "GET", "/").reason == "revoked"
     # the same serial from another issuer is a different certificate
-    other = compile_ok(everyone).with_revoked([("CN=Other Unit CA", DEVICE.serial)])
+    other = compile_ok(everyone).with_trust([("CN=Other Unit CA", DEVICE.serial)])
     assert other.evaluate(DEVICE, "GET", "/").allowed
 
 
@@ -150,3 +150,15 @@ def test_bad_policies_name_the_key_path(raw, key_path):
     policy, problems = compile_policy(raw, "policy", parse_size)
     assert policy is None
     assert key_path in [p.key_path for p in problems], problems
+
+
+def test_client_of_a_ca_no_longer_trusted_is_refused():
+    """A reload that drops a CA refuses its clients on open connections too (the anchor is re-checked)."""
+    everyone = compile_ok({"rules": [{"name": "all", "paths": ["/"], "clients": "any"}]})
+    ca_fp = __import__("hashlib").sha256(CA.cert.public_bytes(Encoding.DER)).hexdigest()
+    issued = X.issue_client({"CN": "anchored"}, CA)
+    p = parse_peer(issued.cert.public_bytes(Encoding.DER), (CA.cert.public_bytes(Encoding.DER),))
+    assert p.anchor_sha256 == ca_fp
+    assert everyone.with_trust([], [ca_fp]).evaluate(p, "GET", "/").allowed
+    other_fp = __import__("hashlib").sha256(OTHER_CA.cert.public_bytes(Encoding.DER)).hexdigest()
+    assert everyone.with_trust([], [other_fp]).evaluate(p, "GET", "/").reason == "ca_not_trusted"
