@@ -102,7 +102,7 @@ static uint64_t *pending; /* fixed rate: ring of due times */
 static size_t pend_head, pend_len, pend_cap;
 static int *idle_stack;
 static size_t idle_len;
-static int opened, open_started, idle_done;
+static int establishing, settled;
 static double xfer_secs[1024];
 static uint64_t xfer_bytes[1024];
 static int xfer_done;
@@ -348,6 +348,11 @@ static void drive(conn *c) {
                 c->deadline = t + 1000000000ull;
                 break;
             }
+            if (mode == M_HTTP && establishing) {
+                push_idle(c);
+                settled++;
+                return;
+            }
             if (mode == M_HTTP && c->retried) { /* a request was cut by a server-side close: resend */
                 c->retried = 0;
                 start_request(c, c->t_start);
@@ -389,7 +394,7 @@ static void drive(conn *c) {
             err = SSL_get_error(c->ssl, r);
             if (err == SSL_ERROR_WANT_READ) return;
             ERR_clear_error();
-            if (mode == M_IDLE) { errors++; conn_release(c); opened--; return; }
+            if (mode == M_IDLE) { errors++; conn_release(c); return; }
             reconnect(c, 0);
             return;
         case ST_SEND:
@@ -445,8 +450,7 @@ static void on_response(conn *c) {
         return;
     }
     if (mode == M_IDLE) {
-        opened++;
-        idle_done++;
+        settled++;
         c->st = ST_IDLE;
         return;
     }
@@ -466,7 +470,7 @@ static void reconnect(conn *c, int retry_request) {
     }
     int was_request = c->st == ST_SEND || c->st == ST_RECV;
     conn_release(c);
-    if (mode == M_IDLE) { idle_done++; return; }
+    if (establishing) { settled++; return; }
     if (mode == M_XFER) { xfer_done = count; return; }
     if (now_ns() >= t_end) return;
     reconnects++;
@@ -568,68 +572,177 @@ int main(int argc, char **argv) {
 
     struct epoll_event evs[512];
     uint64_t t0 = now_ns();
-    double cpu0 = 0, cpu1 = 0;
 
-    if (mode == M_IDLE || mode == M_HTTP) {
-        /* establish every connection first (at most `concurrency` at once), not part of the measurement */
-        int next = 0;
-        uint64_t give_up = t0 + 60ull * 1000000000ull;
-        t_end = UINT64_MAX;
-        t_measure = UINT64_MAX;
-        if (mode == M_HTTP) rate = rate > 0 ? -rate : 0; /* hold requests until all are connected */
-        int ready = 0;
-        while (now_ns() < give_up) {
-            int inflight = 0;
-            ready = 0;
-            for (int i = 0; i < next; i++) {
-                int s = conns[i].st;
-                if (s == ST_CONNECT || s == ST_HANDSHAKE || (mode == M_IDLE && (s == ST_SEND || s == ST_RECV))) inflight++;
-                else if (s == ST_IDLE) ready++;
+    if (mode == M_HANDSHAKE) {
+        t_begin = t0;
+        t_measure = t_begin + (uint64_t)(warmup * 1e9);
+        t_end = t_measure + (uint64_t)(duration * 1e9);
+        for (int i = 0; i < nconns; i++) conn_open(&conns[i]);
+        double cpu_a = -1;
+        uint64_t next_scan = t0 + 50000000ull;
+        for (;;) {
+            uint64_t t = now_ns();
+            if (cpu_a < 0 && t >= t_measure) cpu_a = cpu_secs();
+            if (t >= t_end) break;
+            if (t >= next_scan) {
+                next_scan = t + 50000000ull;
+                for (int i = 0; i < nconns; i++) {
+                    conn *c = &conns[i];
+                    if (c->st == ST_FREE) conn_open(c);
+                    else if ((c->st == ST_TICKET || c->st == ST_CLOSING) && t >= c->deadline) drive(c);
+                }
             }
+            uint64_t until = next_scan < t_end ? next_scan : t_end;
+            if (cpu_a < 0 && t_measure < until) until = t_measure;
+            struct timespec ts = {(until - t) / 1000000000ull, (until - t) % 1000000000ull};
+            int n = epoll_pwait2(ep, evs, 512, &ts, NULL);
+            for (int k = 0; k < n; k++) {
+                conn *c = &conns[evs[k].data.u64 >> 32];
+                if ((uint32_t)evs[k].data.u64 == c->gen) drive(c);
+            }
+        }
+        double cpu = cpu_secs() - (cpu_a < 0 ? 0 : cpu_a);
+        qsort(lat, nlat, sizeof *lat, cmp_u64);
+        printf("{\"mode\":\"handshake\",\"resume\":%d,\"conns\":%d,\"duration\":%.3f,\"handshakes\":%llu,"
+               "\"per_sec\":%.1f,\"reused\":%llu,\"errors\":%llu,\"reconnects\":%llu,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
+               "\"cpu_s\":%.3f,\"tls\":\"%s\",\"last_error\":\"%s\"}\n",
+               resume, nconns, duration, (unsigned long long)handshakes, handshakes / duration,
+               (unsigned long long)reused, (unsigned long long)errors, (unsigned long long)reconnects, pct(0.5),
+               pct(0.99), cpu, negotiated, last_error);
+        return 0;
+    }
+
+    if (mode == M_XFER) {
+        t_end = UINT64_MAX;
+        conn_open(&conns[0]);
+        uint64_t give_up = t0 + 600ull * 1000000000ull;
+        double cpu_a = cpu_secs();
+        while (xfer_done < count && now_ns() < give_up) {
+            int n = epoll_wait(ep, evs, 512, 1000);
+            for (int k = 0; k < n; k++) {
+                conn *c = &conns[evs[k].data.u64 >> 32];
+                if ((uint32_t)evs[k].data.u64 == c->gen) drive(c);
+            }
+        }
+        double cpu = cpu_secs() - cpu_a;
+        printf("{\"mode\":\"xfer\",\"method\":\"%s\",\"errors\":%llu,\"cpu_s\":%.3f,\"tls\":\"%s\",\"last_error\":\"%s\",\"transfers\":[",
+               method, (unsigned long long)errors, cpu, negotiated, last_error);
+        for (int i = 0; i < xfer_done; i++)
+            printf("%s{\"seconds\":%.6f,\"bytes\":%llu}", i ? "," : "", xfer_secs[i], (unsigned long long)xfer_bytes[i]);
+        printf("]}\n");
+        return 0;
+    }
+
+    /* http and idle: establish every connection first (at most `concurrency` handshaking at once) */
+    establishing = 1;
+    t_end = UINT64_MAX;
+    t_measure = UINT64_MAX;
+    {
+        int next = 0;
+        uint64_t give_up = t0 + 120ull * 1000000000ull;
+        while (now_ns() < give_up) {
+            int inflight = next - settled;
             while (next < nconns && inflight < concurrency) {
                 if (conn_open(&conns[next]) == 0) inflight++;
+                else settled++;
                 next++;
             }
-            if (next == nconns && inflight == 0) break;
+            if (next == nconns && settled >= nconns) break;
             int n = epoll_wait(ep, evs, 512, 100);
             for (int k = 0; k < n; k++) {
                 conn *c = &conns[evs[k].data.u64 >> 32];
-                if ((uint32_t)evs[k].data.u64 != c->gen) continue;
-                if (mode == M_HTTP && c->st == ST_HANDSHAKE) {
-                    int r = SSL_do_handshake(c->ssl);
-                    if (r == 1) { push_idle(c); continue; }
-                    int err = SSL_get_error(c->ssl, r);
-                    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) continue;
-                    note_error("handshake");
-                    conn_release(c);
-                    continue;
-                }
-                if (mode == M_HTTP && c->st == ST_CONNECT) {
-                    int soerr = 0;
-                    socklen_t sl = sizeof soerr;
-                    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-                    if (soerr) { errno = soerr; note_error("connect"); conn_release(c); continue; }
-                    begin_handshake(c);
-                    int r = SSL_do_handshake(c->ssl);
-                    if (r == 1) push_idle(c);
-                    continue;
-                }
-                drive(c);
+                if ((uint32_t)evs[k].data.u64 == c->gen) drive(c);
             }
         }
-        if (mode == M_IDLE) {
-            int open_now = 0;
-            for (int i = 0; i < nconns; i++) open_now += conns[i].st == ST_IDLE;
-            printf("{\"mode\":\"idle\",\"requested\":%d,\"open\":%d,\"errors\":%llu,\"seconds\":%.3f,\"tls\":\"%s\",\"last_error\":\"%s\"}\n",
-                   nconns, open_now, (unsigned long long)errors, (now_ns() - t0) / 1e9, negotiated, last_error);
-            fflush(stdout);
-            char line[64];
-            if (!fgets(line, sizeof line, stdin)) {}
-            return 0;
-        }
-        for (int i = 0; i < nconns; i++)
-            if (conns[i].st == ST_IDLE && conns[i].negotiated_dummy_unused_never) {}
-        rate = -rate;
     }
+    establishing = 0;
+    int open_now = 0;
+    for (int i = 0; i < nconns; i++) open_now += conns[i].st == ST_IDLE;
+    if (mode == M_IDLE) {
+        printf("{\"mode\":\"idle\",\"requested\":%d,\"open\":%d,\"errors\":%llu,\"seconds\":%.3f,\"tls\":\"%s\",\"last_error\":\"%s\"}\n",
+               nconns, open_now, (unsigned long long)errors, (now_ns() - t0) / 1e9, negotiated, last_error);
+        fflush(stdout);
+        char line[64];
+        if (!fgets(line, sizeof line, stdin)) {}
+        return 0;
+    }
+    if (open_now == 0) {
+        printf("{\"mode\":\"http\",\"error\":\"no connection could be opened\",\"last_error\":\"%s\"}\n", last_error);
+        return 1;
+    }
+
+    /* http: measure */
+    t_begin = now_ns();
+    t_measure = t_begin + (uint64_t)(warmup * 1e9);
+    t_end = t_measure + (uint64_t)(duration * 1e9);
+    double cpu_a = -1;
+    if (rate == 0) {
+        size_t n = idle_len;
+        idle_len = 0;
+        for (size_t i = 0; i < n; i++) {
+            conn *c = &conns[idle_stack[i]];
+            c->in_idle = 0;
+            if (c->st != ST_IDLE) continue;
+            start_request(c, now_ns());
+            drive(c);
+        }
+    }
+    for (;;) {
+        uint64_t t = now_ns();
+        if (cpu_a < 0 && t >= t_measure) cpu_a = cpu_secs();
+        if (t >= t_end) break;
+        uint64_t until = t_end;
+        if (rate > 0) {
+            uint64_t due_n = (uint64_t)((t - t_begin) / 1e9 * rate) + 1;
+            while (issued < due_n && pend_len < pend_cap) {
+                pending[(pend_head + pend_len) % pend_cap] = t_begin + (uint64_t)(issued * 1e9 / rate);
+                pend_len++;
+                issued++;
+            }
+            while (pend_len && idle_len) {
+                conn *c = &conns[idle_stack[--idle_len]];
+                c->in_idle = 0;
+                if (c->st != ST_IDLE) continue;
+                start_request(c, pop_pending());
+                drive(c);
+            }
+            uint64_t next_due = t_begin + (uint64_t)(issued * 1e9 / rate);
+            if (next_due < until) until = next_due;
+        }
+        if (cpu_a < 0 && t_measure < until) until = t_measure;
+        t = now_ns();
+        uint64_t wait = until > t ? until - t : 0;
+        struct timespec ts = {wait / 1000000000ull, wait % 1000000000ull};
+        int n = epoll_pwait2(ep, evs, 512, &ts, NULL);
+        for (int k = 0; k < n; k++) {
+            conn *c = &conns[evs[k].data.u64 >> 32];
+            if ((uint32_t)evs[k].data.u64 == c->gen) drive(c);
+        }
+    }
+    double cpu = cpu_secs() - (cpu_a < 0 ? cpu_secs() : cpu_a);
+    if (rate > 0) {
+        /* requests still queued or in flight at the end count with the time they had waited so far */
+        for (size_t i = 0; i < pend_len; i++) {
+            uint64_t due = pending[(pend_head + i) % pend_cap];
+            if (due >= t_measure && due < t_end) { record(t_end - due); censored++; }
+        }
+        for (int i = 0; i < nconns; i++) {
+            conn *c = &conns[i];
+            if ((c->st == ST_SEND || c->st == ST_RECV) && c->t_start >= t_measure && c->t_start < t_end) {
+                record(t_end - c->t_start);
+                censored++;
+            }
+        }
+    }
+    qsort(lat, nlat, sizeof *lat, cmp_u64);
+    double sum = 0;
+    for (size_t i = 0; i < nlat; i++) sum += lat[i];
+    printf("{\"mode\":\"http\",\"conns\":%d,\"open\":%d,\"rate\":%.1f,\"duration\":%.3f,\"completed\":%llu,\"rps\":%.1f,"
+           "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,\"mean_ms\":%.3f,"
+           "\"censored\":%llu,\"errors\":%llu,\"reconnects\":%llu,\"cpu_s\":%.3f,\"tls\":\"%s\",\"last_error\":\"%s\"}\n",
+           nconns, open_now, rate, duration, (unsigned long long)completed, completed / duration, pct(0.5), pct(0.9),
+           pct(0.99), pct(0.999), nlat ? lat[nlat - 1] / 1e6 : 0, nlat ? sum / nlat / 1e6 : 0,
+           (unsigned long long)censored, (unsigned long long)errors, (unsigned long long)reconnects, cpu, negotiated,
+           last_error);
     return 0;
 }

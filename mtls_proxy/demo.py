@@ -33,16 +33,19 @@ def _wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float) ->
     rx = re.compile(pattern)
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
+    seen: list[str] = []
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             if proc.poll() is not None:
                 break
             continue
+        seen.append(line.rstrip())
         m = rx.search(line)
         if m:
             return m
-    raise RuntimeError(f"{proc.args!r}: did not start (no {pattern!r} in its output)")
+    tail = "\n".join(seen[-20:])
+    raise RuntimeError(f"{proc.args!r}: did not start (no {pattern!r} in its output)\n{tail}")
 
 
 def _write_pki(root: Path) -> dict[str, Path]:

@@ -64,6 +64,7 @@ log = logging.getLogger("mtls_proxy")
 
 _STRIP_KEYS = frozenset(k.encode() for k in PROXY_SET_HEADER_KEYS)
 _BODYLESS_STATUS = frozenset({204, 304})
+_RETRYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # reasons for pausing the client's reads (a bit mask)
 _PAUSE_PIPELINE = 1
@@ -772,8 +773,11 @@ class ClientConnection(asyncio.Protocol):
             and up.received == 0
             and not ex.has_body
             and not ex.upgrade
+            and ex.method in _RETRYABLE_METHODS
         ):
             # The pooled connection was closed under us before any answer: retry once on a fresh one.
+            # Only idempotent methods (RFC 9110 9.2.2): the upstream may have run the request and died
+            # before answering, and a POST must not run twice (another worker would take the retry).
             ex.upstream = None
             self._cancel_upstream_timer()
             self.loop.create_task(self._forward(ex, fresh=True))

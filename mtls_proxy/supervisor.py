@@ -171,6 +171,11 @@ class Supervisor:
         log.info("stopping %d worker(s)", len(procs))
         for p in procs:
             p.send_signal(signal.SIGTERM)
+        # Our copies of the listeners would keep them open (new connections queued, then reset at exit)
+        # after the draining workers closed theirs: close them now, so new connections are refused.
+        for w in self.workers:
+            for s in w.sockets:
+                s.close()
         try:
             async with asyncio.timeout(drain + 5):
                 await asyncio.gather(*(p.wait() for p in procs))

@@ -25,6 +25,9 @@ def build_server_context(tls: TlsSettings) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _MIN_VERSIONS[tls.min_version]
     ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    # TLS 1.2: forward-secret AEAD suites only (Python's default also offers CBC-SHA256/384 suites).
+    # @SECLEVEL=2 keeps refusing client keys under 112 bits (RSA-1024). TLS 1.3 suites are all AEAD.
+    ctx.set_ciphers("@SECLEVEL=2:ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL")
     if not tls.session_tickets:
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
@@ -48,22 +51,26 @@ def classify_handshake_error(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         msg = (exc.verify_message or "").lower()
         for needle, code in (
-            ("expired", "cert_expired"),
-            ("not yet valid", "cert_not_yet_valid"),
-            ("revoked", "cert_revoked"),
+            # CRL needles first: "CRL has expired" must not read as an expired certificate
             ("unable to get certificate crl", "crl_missing"),
             ("crl has expired", "crl_expired"),
             ("crl is not yet valid", "crl_not_yet_valid"),
+            ("expired", "cert_expired"),
+            ("not yet valid", "cert_not_yet_valid"),
+            ("revoked", "cert_revoked"),
             ("unsupported certificate purpose", "bad_eku"),
             ("unsuitable certificate purpose", "bad_eku"),
             ("self-signed", "unknown_ca"),
             ("self signed", "unknown_ca"),
             ("unable to get local issuer", "unknown_ca"),
             ("key too small", "weak_key"),
+            ("key too weak", "weak_key"),  # OpenSSL 3: "EE certificate key too weak"
             ("ca md too weak", "weak_signature"),
+            ("digest algorithm too weak", "weak_signature"),  # before "signature"
             ("signature", "bad_signature"),
             ("path length", "chain_too_long"),
             ("name constraint", "name_constraints"),
+            ("subtree violation", "name_constraints"),  # OpenSSL: "permitted/excluded subtree violation"
         ):
             if needle in msg:
                 return code

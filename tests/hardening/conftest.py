@@ -9,17 +9,11 @@ from typing import Any
 import pytest
 
 from mtls_proxy.config import TOP_LEVEL_KEYS
+from tests.hardening.headjudge import GUARD_POLICY  # /admin/ denied to all; /api/ and /ws/ open to all clients
 from tests.support.pki import TestPki
 from tests.support.proxy import ProxyFactory, ProxyProcess, free_port
 
-#: The policy of the issue: /admin/ denied to everyone, /api/ open to every verified client.
-GUARD_POLICY: dict[str, Any] = {
-    "rules": [
-        {"name": "no-admin", "paths": ["/admin/"], "action": "deny"},
-        {"name": "api", "paths": ["/api/"], "clients": "any"},
-        {"name": "ws", "paths": ["/ws/"], "clients": "any"},
-    ]
-}
+__all__ = ["GUARD_POLICY", "Guarded", "isolated"]
 
 
 def isolated(**overrides: Any) -> dict[str, Any]:

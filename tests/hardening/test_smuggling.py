@@ -41,8 +41,9 @@ REFUSED: list[tuple[str, bytes, int, str]] = [
     ("cl-overflow", _post("Content-Length: 99999999999999999999999\r\n", b"hello"), 400, "bad_content_length"),
     ("te-chunked-identity", _post("Transfer-Encoding: chunked, identity\r\n", b"0\r\n\r\n"), 400,
      "bad_transfer_encoding"),
-    ("te-identity", _post("Transfer-Encoding: identity\r\n", b"0\r\n\r\n"), 400, "bad_transfer_encoding"),
-    ("te-xchunked", _post("Transfer-Encoding: xchunked\r\n", b"0\r\n\r\n"), 400, "bad_transfer_encoding"),
+    # llhttp refuses these only after the head is complete; the proxy's own check answers first (RFC 9112 6.1)
+    ("te-identity", _post("Transfer-Encoding: identity\r\n", b"0\r\n\r\n"), 501, "unsupported_transfer_coding"),
+    ("te-xchunked", _post("Transfer-Encoding: xchunked\r\n", b"0\r\n\r\n"), 501, "unsupported_transfer_coding"),
     ("te-chunked-twice", _post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"), 400,
      "bad_transfer_encoding"),
     ("te-chunked-then-identity", _post("Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n",
@@ -223,10 +224,10 @@ def test_pipelined_refusal_behind_an_active_request(guarded):
             + f"GET /api/echo HTTP/1.1\r\n{H}Content-Length: 1\r\nContent-Length: 2\r\n\r\nab".encode()
             + probe_request(marker))
     conv = converse(guarded.port, guarded.ctx, data)
-    assert conv.statuses[0] == 200
+    # the first is answered (and told the connection ends there); the broken one gets no answer
+    assert conv.statuses == [200]
+    assert conv.responses[0].header("connection") == "close"
     assert conv.closed
-    # after the good first response, either nothing or the 400 for the broken one; never the probe
-    assert conv.statuses[1:] in ([], [400])
     assert len(django_saw(guarded.upstream, slow)) == 1
     assert django_saw(guarded.upstream, marker) == []
 

@@ -7,7 +7,6 @@ every ``HTTP_*`` header, body hash); byte-exact requests go over raw TLS sockets
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import ssl
 

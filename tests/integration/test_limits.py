@@ -14,14 +14,16 @@ import ssl
 import threading
 import time
 import uuid
+from http import HTTPStatus
 
 import pytest
 
-from tests.support.rawhttp import PeerClosed, RawConn, chunk, request_bytes
+from tests.support.rawhttp import RawConn, chunk, request_bytes
 
 pytestmark = pytest.mark.timeout(60)
 
 HEAD_LIMIT = 2048
+ERROR_413 = HTTPStatus(413).phrase.lower()  # "request entity too large" up to 3.12, "content too large" from 3.13
 
 
 @pytest.fixture
@@ -127,7 +129,7 @@ def test_content_length_over_limit_refused_before_the_body(body_proxy, ctx, expe
         assert c.readable(5), "no answer to an over-limit Content-Length"
         resp = c.read_response(skip_interim=False)
         assert resp.status == 413
-        assert resp.json()["reason"] == "body_too_large"
+        assert resp.json() == {"error": ERROR_413, "reason": "body_too_large"}
         assert resp.header("connection") == "close"
         assert c.closed_by_peer(5)
     _assert_never_completed(body_proxy, ctx, upload_id, wait=0)
@@ -141,12 +143,12 @@ def test_chunked_body_over_limit_refused_while_streaming(body_proxy, ctx):
         assert sent < 256 * 1024
         resp = c.read_response()
         assert resp.status == 413
-        assert resp.json() == {"error": resp.json()["error"], "reason": "body_too_large"}
+        assert resp.json() == {"error": ERROR_413, "reason": "body_too_large"}
         assert resp.header("connection") == "close"
         assert c.closed_by_peer(5)
     _assert_never_completed(body_proxy, ctx, upload_id)
     # the proxy goes on serving
-    status, body = body_proxy.get_json(ctx, "/api/echo")
+    status, _body = body_proxy.get_json(ctx, "/api/echo")
     assert status == 200
 
 
@@ -180,16 +182,10 @@ def test_per_rule_max_body_size_overrides_the_global_one(proxies, ctx):
     # a rule larger than the global limit
     status, body = post("/api/upload", 1024 * 1024)
     assert status == 200 and body["length"] == 1024 * 1024
-    assert post("/api/upload", 1024 * 1024 + 1) == (413, {"error": body_error(413), "reason": "body_too_large"})
+    assert post("/api/upload", 1024 * 1024 + 1) == (413, {"error": ERROR_413, "reason": "body_too_large"})
     # no max_body_size on the rule: the global limit
     assert post("/api/echo/other", 4096)[0] == 200
     assert post("/api/echo/other", 4097)[0] == 413
-
-
-def body_error(status: int) -> str:
-    from http import HTTPStatus
-
-    return HTTPStatus(status).phrase.lower()
 
 
 # --- slow and idle clients ---------------------------------------------------------------------------------
@@ -210,12 +206,12 @@ def test_slowloris_is_cut_off_at_head_timeout_while_others_are_served(proxies, c
                 t0 = time.monotonic()
                 status, _ = p.get_json(ctx, "/api/echo")
                 served_meanwhile.append(status)
-                assert time.monotonic() - t0 < 1.0
+                assert time.monotonic() - t0 < 1.5
             if slow.closed_by_peer(0.5):
                 cut_after = time.monotonic() - start
                 break
         assert cut_after is not None, "the slow client sent its whole head and was never cut off"
-        assert 1.8 <= cut_after <= 3.5, cut_after
+        assert 1.8 <= cut_after <= 5.0, cut_after  # head_timeout is 2 s; the upper bound allows a loaded CI box
         assert served_meanwhile == [200]
 
 
@@ -240,8 +236,8 @@ def test_idle_keep_alive_connection_closed_after_idle_timeout(proxies, ctx):
         assert c.read_response().status == 200
         done = time.monotonic()
         assert not c.closed_by_peer(0.6)
-        assert c.closed_by_peer(2.0)
-        assert 0.9 <= time.monotonic() - done <= 2.0
+        assert c.closed_by_peer(3.0)
+        assert 0.9 <= time.monotonic() - done <= 3.0
 
 
 # --- connection cap ----------------------------------------------------------------------------------------
@@ -265,7 +261,7 @@ def test_max_connections_queues_the_next_connection_until_one_closes(proxies, ct
                 result["query"] = json.loads(resp.read())["query_string"]
                 result["at"] = time.monotonic()
                 conn.close()
-            except Exception as exc:  # noqa: BLE001 - reported by the assertions below
+            except Exception as exc:
                 result["error"] = exc
 
         t = threading.Thread(target=third_client, daemon=True)
@@ -304,8 +300,3 @@ def test_max_connections_counts_tls_handshakes_too(proxies, ctx):
     with RawConn(p.port, ctx) as c:
         c.send(request_bytes("GET", "/api/echo"))
         assert c.read_response().status == 200
-
-
-def test_peer_closed_import_is_used() -> None:
-    # keep PeerClosed part of this module's vocabulary (raised by RawConn on a cut stream)
-    assert issubclass(PeerClosed, Exception)

@@ -68,7 +68,7 @@ def test_slow_upstream_gives_504_upstream_timeout(proxies, ctx):
         elapsed = time.monotonic() - started
         assert resp.status == 504
         assert resp.json() == {"error": "gateway timeout", "reason": "upstream_timeout"}
-        assert 0.9 <= elapsed < 3.0, elapsed
+        assert 0.9 <= elapsed < 4.0, elapsed  # upstream_read_timeout is 1 s, the view sleeps 5 s
         # an upstream answering within the timeout on the same client connection is served
         c.send(request_bytes("GET", "/api/slow?seconds=0.2"))
         resp = c.read_response()
@@ -115,7 +115,7 @@ def test_upstream_killed_mid_response_never_looks_complete(proxies, ctx, tmp_pat
                         c._fill()
                         got += c.buf
                         c.buf.clear()
-                except Exception:  # noqa: BLE001 - a close or a reset are both "cut"
+                except Exception:
                     cut = True
                 assert cut, "the connection did not break"
                 assert len(got) < size
@@ -181,6 +181,6 @@ def test_client_breaking_chunked_framing_mid_upload_aborts_the_upstream_request(
         c.send(b"zz\r\nnot a chunk\r\n")  # invalid chunk size
         resp = c.read_response()
         assert resp.status == 400
-        assert resp.json()["reason"] == "bad_chunk" or resp.json()["reason"].startswith("bad_")
+        assert resp.json() == {"error": "bad request", "reason": "bad_chunk"}
         assert c.closed_by_peer(5)
     _assert_upload_never_completes(proxy, ctx, upload_id)

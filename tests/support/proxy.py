@@ -168,3 +168,53 @@ class ProxyFactory:
     def close(self) -> None:
         for p in self.started:
             p.kill()
+
+
+class CliProxyProcess(ProxyProcess):
+    """``mtls-proxy run`` with extra arguments (``--workers 2``, ``--watch``, ``--log-format json``).
+
+    Runs in its own session so that ``kill`` ends the whole process group: with ``--workers`` a
+    SIGKILLed parent would leave its workers behind. Ready once every ``ready`` pattern was logged
+    (with workers: ``worker N ready`` for each N; the parent's ``listening on`` comes before that).
+    """
+
+    def __init__(self, config_path: Path, port: int, args: tuple[str, ...] = (),
+                 ready: tuple[str, ...] = (r"listening on https://",), env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.port = port
+        self.logs = []
+        self._cond = threading.Condition()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mtls_proxy", "run", "--config", str(config_path), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        try:
+            for pattern in ready:
+                self.wait_for_log(pattern, START_TIMEOUT)
+        except TimeoutError:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the group outlives the parent while a worker lives
+        except ProcessLookupError:
+            pass
+        if self.process.poll() is None:
+            self.process.wait(10)
+        self._reader.join(5)
+
+
+def start_cli_proxy(factory: ProxyFactory, config: dict[str, Any], args: tuple[str, ...] = (),
+                    ready: tuple[str, ...] = (r"listening on https://",),
+                    env: dict[str, str] | None = None) -> CliProxyProcess:
+    """Write ``config`` and start :class:`CliProxyProcess`; ``factory.close()`` kills it at teardown."""
+    path = factory.tmp_path / f"proxy-{len(factory.started)}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = int(str(config["listen"]).rsplit(":", 1)[1])
+    proc = CliProxyProcess(path, port, args, ready, env)
+    factory.started.append(proc)
+    return proc

@@ -8,10 +8,12 @@ whether a chunked body ended with its final chunk and whether the connection clo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,11 +84,34 @@ class RawConn:
         self.buf += chunk
 
     def readable(self, timeout: float = 0.0) -> bool:
-        """Bytes (or EOF) can be read without blocking."""
-        if self.buf or self.sock.pending():
+        """Application bytes (or EOF/reset) arrived within ``timeout``; what arrived goes into ``buf``.
+
+        A readable socket is not enough: TLS 1.3 session tickets make it readable with no
+        application data, so this reads without blocking to find out.
+        """
+        if self.buf or self.eof:
             return True
-        r, _, _ = select.select([self.sock], [], [], timeout)
-        return bool(r)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.sock.pending() or select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                saved = self.sock.gettimeout()
+                self.sock.setblocking(False)
+                try:
+                    data = self.sock.recv(262144)
+                except ssl.SSLWantReadError:
+                    data = None
+                except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                    self.eof = True
+                    return True
+                finally:
+                    self.sock.settimeout(saved)
+                if data is not None:
+                    if not data:
+                        self.eof = True
+                    self.buf += data
+                    return True
+            if time.monotonic() >= deadline:
+                return False
 
     def read_until(self, sep: bytes, limit: int = 1 << 20) -> bytes:
         while True:
@@ -189,17 +214,13 @@ class RawConn:
             raise AssertionError(f"unexpected bytes from the proxy: {bytes(self.buf[:200])!r}")
         if not self.readable(timeout):
             return False
-        try:
-            self._fill()
-        except PeerClosed:
-            return True
-        raise AssertionError(f"unexpected bytes from the proxy: {bytes(self.buf[:200])!r}")
+        if self.buf:
+            raise AssertionError(f"unexpected bytes from the proxy: {bytes(self.buf[:200])!r}")
+        return self.eof
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
     def __enter__(self) -> RawConn:
         return self

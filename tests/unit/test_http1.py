@@ -23,11 +23,11 @@ from mtls_proxy.http1 import (
 
 
 def test_hop_by_hop_table_is_rfc9110_plus_framing() -> None:
-    assert HOP_BY_HOP == {
+    assert {
         b"connection", b"proxy-connection", b"keep-alive", b"te", b"trailer",
         b"transfer-encoding", b"upgrade", b"http2-settings",
-    }
-    assert REQUEST_OWNED == HOP_BY_HOP | {b"content-length", b"expect"}
+    } == HOP_BY_HOP
+    assert HOP_BY_HOP | {b"content-length", b"expect"} == REQUEST_OWNED
     assert all(name == name.lower() for name in REQUEST_OWNED)
 
 
@@ -49,7 +49,7 @@ def test_connection_tokens(headers: list[tuple[bytes, bytes]], expected: set[byt
 
 
 def test_protected_fields() -> None:
-    assert PROTECTED == {b"host", b"content-length", b"transfer-encoding"}
+    assert {b"host", b"content-length", b"transfer-encoding"} == PROTECTED
 
 
 @pytest.mark.parametrize(
