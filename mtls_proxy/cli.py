@@ -76,6 +76,10 @@ async def _run_worker(args: argparse.Namespace, state: RuntimeState) -> int:
     from mtls_proxy.server import run_server
 
     sockets = [socket.socket(fileno=int(fd)) for fd in args.worker_fds.split(",")]
+    for sock in sockets:
+        # inherited blocking: uvloop would then keep the listener open after drain's close() (new
+        # connections queued and reset instead of refused); asyncio's loop would block in accept()
+        sock.setblocking(False)
 
     def ready() -> None:
         os.write(args.ready_fd, b"1")

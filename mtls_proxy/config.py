@@ -129,6 +129,7 @@ TOP_LEVEL_KEYS = ("listen", "upstream", "tls", "identity", "policy", "limits", "
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]i?[bB]?|[bB])?\s*$")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_MAX_DURATION = 10 * 365 * 86400.0  # ten years: finite, and more than any timeout needs
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
@@ -152,11 +153,13 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30, '500ms', '30s' or '5m'")
     if isinstance(value, (int, float)):
-        if value <= 0:
-            raise ValueError("a duration must be positive")
+        # "not > 0" also refuses NaN; inf (YAML .inf, 1e400) and ints too big for a float are refused too:
+        # the event loop cannot arm a timer with them (uvloop raises on NaN for every connection)
+        if not value > 0 or value > _MAX_DURATION:
+            raise ValueError("a duration must be positive and finite")
         return float(value)
     m = _DURATION_RE.match(str(value))
-    if not m or float(m.group(1)) <= 0:
+    if not m or float(m.group(1)) <= 0 or float(m.group(1)) * _DURATION_UNITS[m.group(2)] > _MAX_DURATION:
         raise ValueError(f"{value!r} is not a positive duration such as 30, '500ms', '30s' or '5m'")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
@@ -245,7 +248,7 @@ def _parse_listen(loader: _Loader, raw: Any, key: str = "listen") -> tuple[Liste
         host, sep, port = text.rpartition(":")
         host = host.strip("[]") if sep else "0.0.0.0"
         port = port if sep else text
-        if not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:  # not '²' or '٣'
             loader.problem(path, f"{text!r} is not host:port")
             continue
         out.append(ListenAddress(host or "0.0.0.0", int(port)))
@@ -445,6 +448,8 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
         raise ConfigError(str(source), [ConfigProblem("", f"{source}: cannot read ({exc})")]) from None
     try:
         raw = yaml.safe_load(text)
+    except RecursionError:  # deeply nested flow collections exhaust PyYAML's recursive composer
+        raise ConfigError(str(source), [ConfigProblem("", "not valid YAML (nested too deeply)")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -40,6 +40,13 @@ class ExpectationFailed(ProxyError):
     reason = "expectation_failed"
 
 
+class VersionNotSupported(ProxyError):
+    """Only HTTP/1.0 and HTTP/1.1 are spoken on the listener (ALPN offers http/1.1 only)."""
+
+    status = 505
+    reason = "http_version_not_supported"
+
+
 class TransferCodingNotImplemented(ProxyError):
     """A request transfer coding other than plain ``chunked`` (RFC 9112 6.1): never dropped silently."""
 

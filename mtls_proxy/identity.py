@@ -342,7 +342,7 @@ def has_identity_headers(headers: Mapping[str, str]) -> bool:
     return any(k in headers for k in IDENTITY_HEADER_KEYS)
 
 
-def _split_dn(dn: str) -> list[str]:
+def _split_dn(dn: str, separators: str = ",+") -> list[str]:
     """Split an RFC 4514 string at unescaped ``,`` and ``+`` (multi-valued RDNs flattened)."""
     parts: list[str] = []
     cur: list[str] = []
@@ -353,7 +353,7 @@ def _split_dn(dn: str) -> list[str]:
             cur.append(dn[i : i + 2])
             i += 2
             continue
-        if c in ",+":
+        if c in separators:
             parts.append("".join(cur))
             cur = []
         else:
@@ -380,7 +380,10 @@ def _unescape_dn_value(value: str) -> str:
 
 
 def parse_dn(dn: str) -> dict[str, tuple[str, ...]]:
-    """RFC 4514 string -> ``{"CN": ("x",), "OU": ("a", "b")}``, in string order.
+    """RFC 4514 string -> ``{"CN": ("x",), "OU": ("a", "b")}``, in certificate order.
+
+    RFC 4514 writes the RDNs last one first; repeated attributes are given back in the order of the
+    certificate, the order the proxy's policy and logs see (so ``common_name`` is the same first CN).
 
     Attribute types are kept as written (``CN``, ``O``, a dotted OID...); a ``#hex`` value
     (an attribute type the encoder had no name for) is kept verbatim.
@@ -388,7 +391,7 @@ def parse_dn(dn: str) -> dict[str, tuple[str, ...]]:
     out: dict[str, list[str]] = {}
     if not dn:
         return {}
-    for part in _split_dn(dn):
+    for part in (p for rdn in reversed(_split_dn(dn, ",")) for p in _split_dn(rdn, "+")):
         name, sep, value = part.partition("=")
         if not sep or not name.strip():
             raise IdentityError("malformed", "subject is not an RFC 4514 DN")

@@ -40,12 +40,13 @@ UPSTREAM_ERRORS = Counter("mtls_proxy_upstream_errors", "Upstream failures, by k
 RELOADS = Counter("mtls_proxy_reloads", "Configuration reloads, by result", ["result"])
 LAST_RELOAD = Gauge("mtls_proxy_last_successful_reload_timestamp_seconds", "When the current state was loaded",
                     multiprocess_mode="max")
+# "livemin": over live processes only; a dead worker's file would otherwise pin the dates it last saw
 SERVER_CERT_EXPIRY = Gauge("mtls_proxy_server_cert_expiry_timestamp_seconds", "notAfter of the server certificate",
-                           multiprocess_mode="min")
+                           multiprocess_mode="livemin")
 CLIENT_CA_EXPIRY = Gauge("mtls_proxy_client_ca_expiry_timestamp_seconds", "notAfter of each client CA",
-                         ["subject"], multiprocess_mode="min")
+                         ["subject"], multiprocess_mode="livemin")
 CRL_NEXT_UPDATE = Gauge("mtls_proxy_crl_next_update_timestamp_seconds", "nextUpdate of each configured CRL",
-                        ["crl"], multiprocess_mode="min")
+                        ["crl"], multiprocess_mode="livemin")
 CLIENT_CERT_REMAINING = Histogram("mtls_proxy_client_cert_remaining_lifetime_seconds",
                                   "Remaining lifetime of client certificates, once per connection",
                                   buckets=_LIFETIME_BUCKETS)

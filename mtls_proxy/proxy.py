@@ -34,6 +34,7 @@ from mtls_proxy.errors import (
     BadRequest,
     BodyTooLarge,
     ExpectationFailed,
+    VersionNotSupported,
     HeadTooLarge,
     MisdirectedRequest,
     PolicyDenied,
@@ -417,11 +418,14 @@ class ClientConnection(asyncio.Protocol):
         if hosts > 1:
             ex.refusal = BadRequest("multiple Host headers", "multiple_host")
             return
-        if hosts == 0 and ex.version != "1.0":
-            ex.refusal = BadRequest("missing Host header", "missing_host")
+        if ex.version not in ("1.1", "1.0"):
+            ex.refusal = VersionNotSupported(f"HTTP/{ex.version}")
             return
         if ex.chunked and ex.version == "1.0":
             ex.refusal = BadRequest("Transfer-Encoding in an HTTP/1.0 request", "te_in_http10")
+            return
+        if hosts == 0 or not ex.host.strip():  # HTTP/1.0 too: Django routes and checks ALLOWED_HOSTS on it
+            ex.refusal = BadRequest("missing Host header", "missing_host")
             return
         if not self._parser.should_upgrade():
             ex.upgrade = False

@@ -47,16 +47,26 @@ class RateLimitedLog:
 
     def allow(self, now: float) -> bool:
         if now - self.window_start >= self.interval:
-            if self.suppressed:
-                log.warning("%d similar log lines suppressed in the last %.0fs", self.suppressed, self.interval)
+            self.flush()
             self.window_start = now
             self.count = 0
-            self.suppressed = 0
         self.count += 1
         if self.count > self.burst:
             self.suppressed += 1
+            if self.suppressed == 1:
+                # the summary must not wait for a next line that may never come (a flood that stops)
+                try:
+                    asyncio.get_running_loop().call_later(max(self.window_start + self.interval - now, 0.0),
+                                                          self.flush)
+                except RuntimeError:  # no event loop: the next allow() after the window reports it
+                    pass
             return False
         return True
+
+    def flush(self) -> None:
+        if self.suppressed:
+            log.warning("%d similar log lines suppressed in the last %.0fs", self.suppressed, self.interval)
+            self.suppressed = 0
 
 
 def bind_listener(address: ListenAddress) -> socket.socket:

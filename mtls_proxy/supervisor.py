@@ -40,7 +40,9 @@ def bind_reuseport(address: ListenAddress) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((address.host, address.port))
     sock.listen(1024)
-    sock.set_inheritable(True)
+    # Not inheritable: pass_fds hands each worker its own sockets only. (uvloop's subprocess_exec ignores
+    # close_fds, so an inheritable listener would leak into every worker, and a draining worker's
+    # close() would not close its listener: another worker would still hold it.)
     return sock
 
 

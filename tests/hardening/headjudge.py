@@ -61,10 +61,13 @@ class HeadJudge:
         path.write_text(yaml.safe_dump(cfg))
         self.state: RuntimeState = load_state(path, time.time())
         client = self.pki.client("head-judge")
-        self.peer: PeerIdentity = parse_peer(client.issued.cert.public_bytes(Encoding.DER))
+        # as the handshake hands it over: the leaf, and the verified chain up to the trust anchor
+        self.peer: PeerIdentity = parse_peer(client.issued.cert.public_bytes(Encoding.DER),
+                                             (self.pki.ca.cert.public_bytes(Encoding.DER),))
         self.sni = sni
         self.loop = asyncio.new_event_loop()  # never run: timers are armed and cancelled, nothing awaits
         self.server = SimpleNamespace(state=self.state, loop=self.loop, draining=False, pool=None)
+        self._judged = 0
 
     def judge(self, data: bytes | list[bytes]) -> Judged:
         conn = ClientConnection(self.server)  # type: ignore[arg-type]
@@ -77,6 +80,10 @@ class HeadJudge:
                 conn.data_received(piece)
         finally:
             conn._cancel_timer()
+        self._judged += 1
+        if self._judged % 5000 == 0:  # cancelled timers stay in a loop that never runs: start afresh
+            self.loop.close()
+            self.loop = self.server.loop = asyncio.new_event_loop()
         return Judged(list(conn._queue), conn._broken, conn._closing, conn._upgrade_pending)
 
     def close(self) -> None:

@@ -77,7 +77,7 @@ async def _slow_client(port: int, ctx: ssl.SSLContext, stop_at: float) -> tuple[
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost"), 30)
-    except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+    except (TimeoutError, OSError, ssl.SSLError) as exc:
         return ("connect_failed", 0.0, repr(exc).encode())
     head = b"GET /api/echo HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"s" * 100
     try:
@@ -88,7 +88,7 @@ async def _slow_client(port: int, ctx: ssl.SSLContext, stop_at: float) -> tuple[
             await writer.drain()
             try:
                 data = await asyncio.wait_for(reader.read(1024), 1.0)  # one byte a second
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             return ("closed" if data == b"" else "answered", loop.time() - opened, data)
         return ("sent_whole_head", loop.time() - opened, b"")
@@ -302,7 +302,7 @@ async def _hogs(port: int, ctx: ssl.SSLContext, n: int, timeout: float) -> tuple
         try:
             return await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost"), timeout)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+        except (TimeoutError, OSError, ssl.SSLError):
             return None
 
     got = await asyncio.gather(*(one() for _ in range(n)))

@@ -96,7 +96,9 @@ REFUSED: list[tuple[str, bytes, int, str]] = [
     ("lowercase-method", b"get /api/echo HTTP/1.1\r\n" + H.encode() + b"\r\n", 400, "bad_method"),
     ("tab-after-method", b"GET\t/api/echo HTTP/1.1\r\n" + H.encode() + b"\r\n", 400, "bad_method"),
     ("lowercase-version", b"GET /api/echo http/1.1\r\n" + H.encode() + b"\r\n", 400, "bad_request"),
-    ("http09-request", b"GET /api/echo\r\n\r\n", 400, "missing_host"),
+    ("http09-request", b"GET /api/echo\r\n\r\n", 505, "http_version_not_supported"),
+    ("http2-request-line", b"GET /api/echo HTTP/2.0\r\n" + H.encode() + b"\r\n", 505, "http_version_not_supported"),
+    ("http10-without-host", b"GET /api/echo HTTP/1.0\r\n\r\n", 400, "missing_host"),
     ("absolute-form-other-host", f"GET http://other.example/api/echo HTTP/1.1\r\n{H}\r\n".encode(), 400,
      "not_origin_form"),
     ("absolute-form-same-host", f"GET https://localhost/api/echo HTTP/1.1\r\n{H}\r\n".encode(), 400,
@@ -235,8 +237,8 @@ def test_pipelined_refusal_behind_an_active_request(guarded):
 def test_http10_keep_alive_pipeline(guarded):
     """HTTP/1.0 + keep-alive with a Content-Length response: the next request is judged on its own."""
     second = new_marker("h10b")
-    data = (b"GET /api/download?size=5 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
-            + f"GET /api/probe/{second} HTTP/1.0\r\n\r\n".encode())
+    data = (b"GET /api/download?size=5 HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n"
+            + f"GET /api/probe/{second} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
     conv = converse(guarded.port, guarded.ctx, data)
     assert conv.statuses == [200, 200]
     assert conv.responses[0].header("connection") == "keep-alive"
@@ -249,8 +251,8 @@ def test_http10_keep_alive_pipeline(guarded):
 def test_http10_keep_alive_with_unsized_response_closes(guarded):
     """An HTTP/1.0 client cannot take chunks: an unsized response ends at close, so nothing follows it."""
     first, second = new_marker("h10a"), new_marker("h10b")
-    data = (f"GET /api/probe/{first} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
-            f"GET /api/probe/{second} HTTP/1.0\r\n\r\n").encode()
+    data = (f"GET /api/probe/{first} HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n"
+            f"GET /api/probe/{second} HTTP/1.0\r\nHost: localhost\r\n\r\n").encode()
     conv = converse(guarded.port, guarded.ctx, data)
     assert conv.statuses == [200]
     assert conv.responses[0].header("connection") == "close"
@@ -264,7 +266,7 @@ def test_http10_keep_alive_with_unsized_response_closes(guarded):
 
 def test_http10_without_keep_alive_closes_before_the_next(guarded):
     first, second = new_marker("h10c"), new_marker("h10d")
-    data = f"GET /api/probe/{first} HTTP/1.0\r\n\r\n".encode() + probe_request(second)
+    data = f"GET /api/probe/{first} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode() + probe_request(second)
     conv = converse(guarded.port, guarded.ctx, data)
     assert conv.statuses == [200]
     assert conv.closed
@@ -331,3 +333,9 @@ def test_host_sni_mismatch_is_421_and_stream_stays_in_step(guarded):
     assert conv.responses[0].json() == {"error": "misdirected request", "reason": "host_sni_mismatch"}
     assert django_saw(guarded.upstream, marker) == []
     assert len(django_saw(guarded.upstream, other)) == 1
+
+
+def test_empty_host_is_refused(guarded):
+    conv = converse(guarded.port, guarded.ctx, b"GET /api/echo HTTP/1.1\r\nHost: \r\n\r\n")
+    assert conv.statuses == [400]
+    assert conv.responses[0].json()["reason"] == "missing_host"

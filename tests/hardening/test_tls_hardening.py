@@ -75,9 +75,9 @@ def test_tls10_and_tls11_hellos_are_refused(tls_proxy, pki, version):
         ctx.minimum_version = v
         ctx.maximum_version = v
     mark = tls_proxy.log_count()
-    with socket.create_connection(("127.0.0.1", tls_proxy.port), timeout=10) as raw:
-        with pytest.raises((ssl.SSLError, ConnectionResetError)):
-            ctx.wrap_socket(raw, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", tls_proxy.port), timeout=10) as raw, \
+            pytest.raises((ssl.SSLError, ConnectionResetError)):
+        ctx.wrap_socket(raw, server_hostname="localhost")
     _reason_logged(tls_proxy, mark, "protocol_version")
 
 

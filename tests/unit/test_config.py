@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from mtls_proxy.config import (
+    AdminSettings,
+    ReloadSettings,
     IdentitySettings,
     Limits,
     LoggingSettings,
@@ -24,7 +26,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
 
 def test_example_documents_every_setting():
     raw = yaml.safe_load(EXAMPLE.read_text())
-    sections = {"tls": TlsSettings, "identity": IdentitySettings, "limits": Limits, "logging": LoggingSettings}
+    sections = {"tls": TlsSettings, "identity": IdentitySettings, "limits": Limits, "logging": LoggingSettings,
+                "admin": AdminSettings, "reload": ReloadSettings}
     renamed = {"identity": {"enabled": "headers"}}
     for section, cls in sections.items():
         for f in dataclasses.fields(cls):
