@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402  (bench/run.py)
+import run
 
 
 def ensure_py_spy() -> str:
@@ -103,6 +103,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mtls-profile-", dir="/dev/shm"))
     profile = run.Profile("profile", 1, 1.0, args.seconds + 3, 32, 1_000_000, (1, 1))
     bench = run.Bench(profile, workdir)
+    run.log(f"code: {run.code_version(bench.src)}")
     collapsed = run.OUT / "profile.collapsed"
     try:
         bench.start_upstream()
@@ -110,12 +111,38 @@ def main() -> int:
         bench.targets = {"mtls": t}
         t.start()
         pid = t.server_pids()[-1]
-        load = subprocess.Popen(bench.loadgen_cmd(t, "http", "--conns", str(args.conns), "--warmup", "1",
-                                                  "--duration", str(args.seconds + 3), "--path", "/small"),
-                                stdout=subprocess.PIPE, text=True)
+        load = subprocess.Popen(
+            bench.loadgen_cmd(
+                t,
+                "http",
+                "--conns",
+                str(args.conns),
+                "--warmup",
+                "1",
+                "--duration",
+                str(args.seconds + 3),
+                "--path",
+                "/small",
+            ),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(2)
-        cmd = [py_spy, "record", "--pid", str(pid), "--rate", str(args.rate), "--duration", str(int(args.seconds)),
-               "--format", "raw", "--function", "-o", str(collapsed)]
+        cmd = [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(args.rate),
+            "--duration",
+            str(int(args.seconds)),
+            "--format",
+            "raw",
+            "--function",
+            "-o",
+            str(collapsed),
+        ]
         # --native (C frames: uvloop, OpenSSL, httptools) needs py-spy to pause the process for each
         # sample; without it, --nonblocking samples without stopping the proxy.
         cmd += ["--native"] if not args.no_native else ["--nonblocking"]

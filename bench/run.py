@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +73,21 @@ class Profile:
     xfer_count: int = 3  # transfers per measurement (one connection, back to back)
 
 
-QUICK = Profile("quick", rounds=1, warmup=0.3, duration=1.2, hs_clients=32, xfer_bytes=50_000_000,
-                idle_counts=(500, 1000), quiet_wait=0, retries=0, xfer_count=6)
-FULL = Profile("full", rounds=3, warmup=1.0, duration=4.0, hs_clients=32, xfer_bytes=200_000_000,
-               idle_counts=(1000, 10000))
+QUICK = Profile(
+    "quick",
+    rounds=1,
+    warmup=0.3,
+    duration=1.2,
+    hs_clients=32,
+    xfer_bytes=50_000_000,
+    idle_counts=(500, 1000),
+    quiet_wait=0,
+    retries=0,
+    xfer_count=6,
+)
+FULL = Profile(
+    "full", rounds=3, warmup=1.0, duration=4.0, hs_clients=32, xfer_bytes=200_000_000, idle_counts=(1000, 10000)
+)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -97,8 +108,7 @@ def _apt_install(packages: list[str]) -> None:
         made_policy = True
     try:
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=True, env=env, stdout=subprocess.DEVNULL)
     finally:
         if made_policy:
             policy.unlink()
@@ -131,7 +141,7 @@ def build_loadgen() -> Path:
 def raise_nofile() -> None:
     """ulimit -n for us and everything we start: 65536, or the hard limit when it cannot be raised."""
     global NOFILE
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, max(NOFILE, hard)))
     except (ValueError, OSError):
@@ -201,7 +211,9 @@ NGINX_TEMP = """
 
 def upstream_conf(d: Path) -> str:
     name = "upstream"
-    return NGINX_COMMON.format(d=d, name=name, nofile=NOFILE, wc=min(4096, NOFILE // 2)) + f"""
+    return (
+        NGINX_COMMON.format(d=d, name=name, nofile=NOFILE, wc=min(4096, NOFILE // 2))
+        + f"""
 worker_processes 1;
 http {{
   access_log off;
@@ -225,10 +237,13 @@ http {{
   }}
 }}
 """
+    )
 
 
 def nginx_proxy_conf(d: Path, port: int, certs: dict[str, Path], workers: int, name: str) -> str:
-    return NGINX_COMMON.format(d=d, name=name, nofile=NOFILE, wc=NOFILE - 100) + f"""
+    return (
+        NGINX_COMMON.format(d=d, name=name, nofile=NOFILE, wc=NOFILE - 100)
+        + f"""
 worker_processes {workers};
 http {{
   access_log off;
@@ -243,9 +258,9 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{port} ssl;
-    ssl_certificate {certs['server_cert']};
-    ssl_certificate_key {certs['server_key']};
-    ssl_client_certificate {certs['ca']};
+    ssl_certificate {certs["server_cert"]};
+    ssl_certificate_key {certs["server_key"]};
+    ssl_client_certificate {certs["ca"]};
     ssl_verify_client on;
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_tickets on;
@@ -286,15 +301,16 @@ http {{
   }}
 }}
 """
+    )
 
 
 def mtls_proxy_conf(d: Path, port: int, certs: dict[str, Path]) -> str:
     return f"""listen: 127.0.0.1:{port}
 upstream: unix:{d}/upstream.sock
 tls:
-  cert: {certs['server_cert']}
-  key: {certs['server_key']}
-  client_ca: {certs['ca']}
+  cert: {certs["server_cert"]}
+  key: {certs["server_key"]}
+  client_ca: {certs["ca"]}
   session_tickets: true
 policy:
   rules:
@@ -443,6 +459,12 @@ class Bench:
         self.nginx = nginx_binary()
         self.loadgen = build_loadgen()
         self.procs: list[Proc] = []
+        # A snapshot of the package: every mtls-proxy started during the run (restarts included) runs
+        # the same code, even if the work tree changes meanwhile.
+        self.src = workdir / "src"
+        shutil.copytree(
+            ROOT / "mtls_proxy", self.src / "mtls_proxy", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
         self.certs = make_pki(workdir)
         (workdir / "www" / "upload").mkdir(parents=True)
         (workdir / "www" / "direct-upload").mkdir()
@@ -451,9 +473,12 @@ class Bench:
         self.upstream: Proc | None = None
         self.targets: dict[str, Target] = {}
         self.results: dict[str, Any] = {"details": []}
-        self.has_workers = "--workers" in subprocess.run(
-            [sys.executable, "-m", "mtls_proxy", "run", "--help"], capture_output=True, text=True, cwd=ROOT
-        ).stdout
+        self.has_workers = (
+            "--workers"
+            in subprocess.run(
+                [sys.executable, "-m", "mtls_proxy", "run", "--help"], capture_output=True, text=True, cwd=self.src
+            ).stdout
+        )
 
     def _make_big_file(self) -> None:
         block = os.urandom(1 << 20)
@@ -468,18 +493,48 @@ class Bench:
     def start_upstream(self) -> None:
         conf = self.d / "upstream.conf"
         conf.write_text(upstream_conf(self.d))
-        self.upstream = Proc("upstream", pinned(HARNESS_CPU, [
-            self.nginx, "-e", str(self.d / "upstream.early.log"), "-p", str(self.d), "-c", str(conf),
-            "-g", "daemon off;"]), self.d)
+        self.upstream = Proc(
+            "upstream",
+            pinned(
+                HARNESS_CPU,
+                [
+                    self.nginx,
+                    "-e",
+                    str(self.d / "upstream.early.log"),
+                    "-p",
+                    str(self.d),
+                    "-c",
+                    str(conf),
+                    "-g",
+                    "daemon off;",
+                ],
+            ),
+            self.d,
+        )
         wait_for(lambda: unix_ready(self.d / "upstream.sock"), 10, "the upstream nginx")
 
     def _start_nginx(self, t: Target, workers: int = 1, cpu: str = PROXY_CPU) -> None:
         t.port = free_port()
         conf = self.d / f"{t.key}.conf"
         conf.write_text(nginx_proxy_conf(self.d, t.port, self.certs, workers, t.key))
-        t.proc = Proc(t.key, pinned(cpu, [
-            self.nginx, "-e", str(self.d / f"{t.key}.early.log"), "-p", str(self.d), "-c", str(conf),
-            "-g", "daemon off;"]), self.d)
+        t.proc = Proc(
+            t.key,
+            pinned(
+                cpu,
+                [
+                    self.nginx,
+                    "-e",
+                    str(self.d / f"{t.key}.early.log"),
+                    "-p",
+                    str(self.d),
+                    "-c",
+                    str(conf),
+                    "-g",
+                    "daemon off;",
+                ],
+            ),
+            self.d,
+        )
         wait_for(lambda: tcp_ready(t.port) and len(children(t.proc.pid)) >= workers, 10, t.label)  # type: ignore[union-attr]
 
     def _start_mtls(self, t: Target, workers: int = 1, cpu: str = PROXY_CPU) -> None:
@@ -488,7 +543,7 @@ class Bench:
         cmd = [sys.executable, "-m", "mtls_proxy", "run", "--config", str(conf)]
         if workers > 1:
             cmd += ["--workers", str(workers)]
-        t.proc = Proc(t.key, pinned(cpu, cmd), self.d, cwd=ROOT)
+        t.proc = Proc(t.key, pinned(cpu, cmd), self.d, cwd=self.src)
 
         def listening() -> bool:
             if not t.proc.alive():  # type: ignore[union-attr]
@@ -517,9 +572,20 @@ class Bench:
 
     # --- load generator ----------------------------------------------------------------------------------
     def loadgen_cmd(self, t: Target, mode: str, *args: str) -> list[str]:
-        return pinned(HARNESS_CPU, [
-            str(self.loadgen), mode, "--port", str(t.port), "--cert", str(self.certs["client_cert"]),
-            "--key", str(self.certs["client_key"]), *args])
+        return pinned(
+            HARNESS_CPU,
+            [
+                str(self.loadgen),
+                mode,
+                "--port",
+                str(t.port),
+                "--cert",
+                str(self.certs["client_cert"]),
+                "--key",
+                str(self.certs["client_key"]),
+                *args,
+            ],
+        )
 
     def _sample(self, t: Target) -> tuple[float, float, float, dict[str, tuple[int, int]]]:
         up = children(self.upstream.pid) if self.upstream else []
@@ -551,8 +617,10 @@ class Bench:
                 best = res
             if res["foreign_pct"] <= self.p.max_foreign:
                 break
-            log(f"  {t.label} {label}: other jobs used {res['foreign_pct']:.0f}% of a core during the run"
-                + ("; redoing" if attempt < self.p.retries else ""))
+            log(
+                f"  {t.label} {label}: other jobs used {res['foreign_pct']:.0f}% of a core during the run"
+                + ("; redoing" if attempt < self.p.retries else "")
+            )
         assert best is not None
         best["target"] = t.key
         best["label"] = label
@@ -563,8 +631,9 @@ class Bench:
 
     def _run_once(self, t: Target, mode: str, *args: str, timeout: float) -> dict[str, Any]:
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        proc = subprocess.Popen(self.loadgen_cmd(t, mode, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen(
+            self.loadgen_cmd(t, mode, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         assert proc.stdout is not None
         s0 = s1 = None
         result_line = ""
@@ -600,8 +669,21 @@ class Bench:
         return res
 
     def http(self, t: Target, conns: int, rate: float = 0, path: str = "/small", label: str = "") -> dict[str, Any]:
-        return self.run(t, "http", "--conns", str(conns), "--rate", f"{rate:.0f}", "--path", path,
-                        "--warmup", str(self.p.warmup), "--duration", str(self.p.duration), label=label)
+        return self.run(
+            t,
+            "http",
+            "--conns",
+            str(conns),
+            "--rate",
+            f"{rate:.0f}",
+            "--path",
+            path,
+            "--warmup",
+            str(self.p.warmup),
+            "--duration",
+            str(self.p.duration),
+            label=label,
+        )
 
     def handshake(self, t: Target, resume: bool, label: str) -> dict[str, Any]:
         args = ["--conns", str(self.p.hs_clients), "--warmup", str(self.p.warmup), "--duration", str(self.p.duration)]
@@ -630,8 +712,12 @@ class Bench:
         self.run(t, "http", "--conns", "16", "--warmup", "0.1", "--duration", "0.3", label="rss warm-up")
         time.sleep(0.3)
         before = t.rss()
-        proc = subprocess.Popen(self.loadgen_cmd(t, "idle", "--conns", str(n), "--concurrency", "128"),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            self.loadgen_cmd(t, "idle", "--conns", str(n), "--concurrency", "128"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout is not None and proc.stdin is not None
         line = proc.stdout.readline()
         time.sleep(0.5)
@@ -739,7 +825,7 @@ class Bench:
         log("2 workers")
         try:
             self.two_workers(R)
-        except Exception as exc:  # noqa: BLE001 - report what we have
+        except Exception as exc:
             log(f"2-worker measurement failed: {exc}")
             self.results["two_workers_error"] = str(exc)
         return {k: {m: statistics.median(v) for m, v in d.items()} for k, d in R.items()}
@@ -773,6 +859,25 @@ class Bench:
 
 # ------------------------------------------------------------------------------------------------------------
 # reporting
+
+
+def code_version(src: Path) -> str:
+    """The commit, whether mtls_proxy/ differed from it, and a digest of the snapshot that was measured."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(src.rglob("*.py")):
+        h.update(str(f.relative_to(src)).encode() + b"\0" + f.read_bytes())
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = git("status", "--porcelain", "--", "mtls_proxy")
+    return f"{head}{' + uncommitted changes in mtls_proxy/' if dirty else ''} (snapshot sha256 {h.hexdigest()[:12]})"
 
 
 def environment(nginx: str) -> dict[str, str]:
@@ -847,8 +952,14 @@ def report(bench: Bench, med: dict[str, dict[str, float]], env: dict[str, str], 
     row("  same run: p50 ↓", "fixed_p50", " ms")
     row("  same run: achieved req/s", "fixed_achieved")
     own = bench.results["own_rates"]
-    rows.append((f"p99 at 50% of its own peak (nginx {own['nginx']:,.0f}, mtls-proxy {own['mtls']:,.0f} req/s) ↓",
-                 fmt(n.get("own_p99"), " ms"), fmt(m.get("own_p99"), " ms"), ratio(m.get("own_p99"), n.get("own_p99"))))
+    rows.append(
+        (
+            f"p99 at 50% of its own peak (nginx {own['nginx']:,.0f}, mtls-proxy {own['mtls']:,.0f} req/s) ↓",
+            fmt(n.get("own_p99"), " ms"),
+            fmt(m.get("own_p99"), " ms"),
+            ratio(m.get("own_p99"), n.get("own_p99")),
+        )
+    )
     row(f"full TLS 1.3 mTLS handshakes/s ({p.hs_clients} parallel clients) ↑", "hs_full")
     row(f"resumed TLS 1.3 handshakes/s ({p.hs_clients} parallel clients) ↑", "hs_resumed")
     row("  share of 'resumed' handshakes that did resume", "hs_resumed_reuse_pct", " %")
@@ -861,8 +972,9 @@ def report(bench: Bench, med: dict[str, dict[str, float]], env: dict[str, str], 
     n2 = med.get("nginx2", {}).get("w2_rps")
     m2 = med.get("mtls2", {}).get("w2_rps")
     if "mtls2" not in med and not bench.has_workers:
-        rows.append((f"2 workers, small GET, {c} conns: req/s ↑", fmt(n2), "n/a (no --workers yet)",
-                     "n/a (no --workers yet)"))
+        rows.append(
+            (f"2 workers, small GET, {c} conns: req/s ↑", fmt(n2), "n/a (no --workers yet)", "n/a (no --workers yet)")
+        )
     else:
         rows.append((f"2 workers, small GET, {c} conns: req/s ↑", fmt(n2), fmt(m2), ratio(m2, n2)))
     rows.append(("**proxy CPU time per unit of work** (robust to other jobs on the machine)", "", "", ""))
@@ -873,23 +985,32 @@ def report(bench: Bench, med: dict[str, dict[str, float]], env: dict[str, str], 
     row("CPU per GB downloaded ↓", "download_s_gb", " s")
     row("CPU per GB uploaded ↓", "upload_s_gb", " s")
 
-    out = ["| metric (↑ higher is better, ↓ lower is better) | nginx | mtls-proxy | mtls-proxy/nginx |",
-           "| --- | ---: | ---: | ---: |"]
+    out = [
+        "| metric (↑ higher is better, ↓ lower is better) | nginx | mtls-proxy | mtls-proxy/nginx |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     out += [f"| {a} | {b} | {c_} | {d} |" for a, b, c_, d in rows]
     table = "\n".join(out)
 
-    diag = [f"| run | proxy CPU | load generator CPU | CPU {HARNESS_CPU} busy (load generator + upstream) "
-            f"| other jobs (% of a core) |", "| --- | ---: | ---: | ---: | ---: |"]
+    diag = [
+        f"| run | proxy CPU | load generator CPU | CPU {HARNESS_CPU} busy (load generator + upstream) "
+        f"| other jobs (% of a core) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
 
     def drow(label: str, prefix: str, who: dict[str, float]) -> None:
         if f"{prefix}_cpu" not in who:
             return
-        diag.append(f"| {label} | {fmt(who.get(prefix + '_cpu'), ' %')} | {fmt(who.get(prefix + '_loadgen_cpu'), ' %')} "
-                    f"| {fmt(who.get(prefix + '_cpu0'), ' %')} | {fmt(who.get(prefix + '_foreign'), ' %')} |")
+        diag.append(
+            f"| {label} | {fmt(who.get(prefix + '_cpu'), ' %')} | {fmt(who.get(prefix + '_loadgen_cpu'), ' %')} "
+            f"| {fmt(who.get(prefix + '_cpu0'), ' %')} | {fmt(who.get(prefix + '_foreign'), ' %')} |"
+        )
 
     for c in p.small_conns:
-        diag.append(f"| **harness ceiling**: nginx answering itself, {c} conns: "
-                    f"{fmt(n.get(f'ceiling_{c}_rps'))} req/s | | | | |")
+        diag.append(
+            f"| **harness ceiling**: nginx answering itself, {c} conns: "
+            f"{fmt(n.get(f'ceiling_{c}_rps'))} req/s | | | | |"
+        )
         drow("  (that run)", f"ceiling_{c}", n)
     for k in ("download", "upload"):
         diag.append(f"| **harness ceiling**: nginx {k}ing the file itself: {fmt(n.get(f'ceiling_{k}'))} MB/s | | | | |")
@@ -904,8 +1025,10 @@ def report(bench: Bench, med: dict[str, dict[str, float]], env: dict[str, str], 
         drow(f"{key}: download", "download", who)
         drow(f"{key}: upload", "upload", who)
     for k in p.idle_counts:
-        diag.append(f"| idle connections actually open (of {k:,}): nginx {fmt(n.get(f'idle_{k}_open'))}, "
-                    f"mtls-proxy {fmt(m.get(f'idle_{k}_open'))} | | | | |")
+        diag.append(
+            f"| idle connections actually open (of {k:,}): nginx {fmt(n.get(f'idle_{k}_open'))}, "
+            f"mtls-proxy {fmt(m.get(f'idle_{k}_open'))} | | | | |"
+        )
     tls = next((d.get("tls") for d in bench.results["details"] if d.get("tls")), "?")
     redone = sum(1 for d in bench.results["details"] if d.get("attempt", 1) > 1)
 
@@ -937,6 +1060,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mtls-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     bench = Bench(profile, workdir)
     env = environment(bench.nginx)
+    env["code"] = code_version(bench.src)
     log(f"workdir {workdir}; load {env['loadavg']}; pinning {'on' if PIN else 'off'}")
     try:
         bench.start_all()
@@ -948,7 +1072,9 @@ def main() -> int:
             path = workdir / f"{name}.out"
             if path.exists():
                 text = path.read_text(errors="replace")
-                warnings[name] = sum(1 for ln in text.splitlines() if "WARNING" in ln or "[warn]" in ln or "ERROR" in ln)
+                warnings[name] = sum(
+                    1 for ln in text.splitlines() if "WARNING" in ln or "[warn]" in ln or "ERROR" in ln
+                )
         if warnings.get("mtls"):
             log(f"mtls-proxy logged {warnings['mtls']} warning/error line(s): see {workdir}/mtls.out")
         if args.keep:

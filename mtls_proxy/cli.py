@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -29,7 +30,7 @@ def _event_loop_factory() -> type[asyncio.AbstractEventLoop] | None:
 
 def _workers(value: str) -> int:
     if value == "auto":
-        return os.cpu_count() or 1
+        return len(os.sched_getaffinity(0)) or 1  # the CPUs this process may run on, not the host's
     n = int(value)
     if n < 1:
         raise argparse.ArgumentTypeError("--workers must be at least 1 (or 'auto')")
@@ -39,7 +40,16 @@ def _workers(value: str) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.worker_fds is None and args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # before mtls_proxy.metrics is imported: workers then write their values where the parent sums them
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mtls-proxy-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="mtls-proxy-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        try:
+            return _cmd_run(args)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return _cmd_run(args)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from mtls_proxy.logs import setup_logging
     from mtls_proxy.state import load_state
 

@@ -34,7 +34,6 @@ from mtls_proxy.errors import (
     BadRequest,
     BodyTooLarge,
     ExpectationFailed,
-    VersionNotSupported,
     HeadTooLarge,
     MisdirectedRequest,
     PolicyDenied,
@@ -42,6 +41,7 @@ from mtls_proxy.errors import (
     TransferCodingNotImplemented,
     UpstreamError,
     UpstreamTimeout,
+    VersionNotSupported,
 )
 from mtls_proxy.http1 import (
     CHUNKED_END,

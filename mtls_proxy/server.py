@@ -56,10 +56,11 @@ class RateLimitedLog:
             if self.suppressed == 1:
                 # the summary must not wait for a next line that may never come (a flood that stops)
                 try:
-                    asyncio.get_running_loop().call_later(max(self.window_start + self.interval - now, 0.0),
-                                                          self.flush)
+                    loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
                 except RuntimeError:  # no event loop: the next allow() after the window reports it
-                    pass
+                    loop = None
+                if loop is not None:
+                    loop.call_later(max(self.window_start + self.interval - now, 0.0), self.flush)
             return False
         return True
 

@@ -70,6 +70,7 @@ class Supervisor:
         self.exit_code = 0
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -197,8 +198,17 @@ class Supervisor:
         if self.stopping:
             log.info("reload ignored: shutting down")
             return
-        if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.get_running_loop().create_task(self._reload())
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True  # validated again once the current validation ends
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self._reload_until_current())
+
+    async def _reload_until_current(self) -> None:
+        while True:
+            self._reload_again = False
+            await self._reload()
+            if not self._reload_again or self.stopping:
+                return
 
     async def _reload(self) -> None:
         loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,12 +21,45 @@ from watchfiles import awatch
 log = logging.getLogger("mtls_proxy")
 
 
+def _symlink_directories(path: Path, max_hops: int = 40) -> set[Path]:
+    """The directories holding each symlink met while resolving ``path``.
+
+    A projected volume item ``crl/crl.pem`` is reached as ``/certs/crl -> ..data/crl``: the swap of
+    ``..data`` happens in ``/certs``, which is neither the file's parent nor its resolved parent.
+    """
+    dirs: set[Path] = set()
+    pending = list(path.absolute().parts[1:])
+    current = Path(path.absolute().anchor)
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = current.parent
+            continue
+        candidate = current / part
+        if candidate.is_symlink() and hops < max_hops:
+            hops += 1
+            dirs.add(current)
+            target = Path(os.readlink(candidate))
+            if target.is_absolute():
+                current = Path(target.anchor)
+                pending = list(target.parts[1:]) + pending
+            else:
+                pending = list(target.parts) + pending
+            continue
+        current = candidate
+    return dirs
+
+
 def watched_directories(files: tuple[Path, ...]) -> set[Path]:
-    """The directories to watch: where each path sits, and where its symlinks resolve to."""
+    """The directories to watch: where each path sits, where it resolves to, and where its symlinks are."""
     dirs: set[Path] = set()
     for f in files:
         dirs.add(f.absolute().parent)
         dirs.add(f.resolve().parent)
+        dirs |= _symlink_directories(f)
     return {d for d in dirs if d.is_dir()}
 
 

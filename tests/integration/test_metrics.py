@@ -139,7 +139,8 @@ def test_counters_and_expiry_gauges_equal_the_scenario(proxies, pki, mode):
     assert m["mtls_proxy_client_ca_expiry_timestamp_seconds"] == [
         ({"subject": "O=Acme,CN=Test Client CA"}, ca.not_valid_after_utc.timestamp())]
     assert crl_obj.next_update_utc is not None
-    assert m["mtls_proxy_crl_next_update_timestamp_seconds"] == [({"crl": str(crl)}, crl_obj.next_update_utc.timestamp())]
+    assert m["mtls_proxy_crl_next_update_timestamp_seconds"] == [
+        ({"crl": str(crl)}, crl_obj.next_update_utc.timestamp())]
     # and they still parse as the types the exposition format declares
     status, _, body = admin_get(proxy, cfg, "/metrics")
     types = {f.name: f.type for f in text_string_to_metric_families(body.decode())}

@@ -201,8 +201,8 @@ class CliProxyProcess(ProxyProcess):
     def kill(self) -> None:
         try:
             os.killpg(self.process.pid, signal.SIGKILL)  # the group outlives the parent while a worker lives
-        except ProcessLookupError:
-            pass
+        except ProcessLookupError:  # nobody left in the group
+            assert self.process.poll() is not None
         if self.process.poll() is None:
             self.process.wait(10)
         self._reader.join(5)

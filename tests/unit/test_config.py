@@ -10,10 +10,10 @@ import yaml
 
 from mtls_proxy.config import (
     AdminSettings,
-    ReloadSettings,
     IdentitySettings,
     Limits,
     LoggingSettings,
+    ReloadSettings,
     TlsSettings,
     parse_duration,
     parse_size,
