@@ -11,7 +11,10 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 
+from collections.abc import Sequence
+
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -75,6 +78,34 @@ class PeerIdentity:
     @property
     def serial_hex(self) -> str:
         return format(self.serial, "x")
+
+
+def rebuild_chain(leaf_der: bytes, cas: Sequence[x509.Certificate]) -> tuple[bytes, ...]:
+    """The chain from ``leaf_der`` up to a self-signed CA among ``cas`` (DER, leaf excluded), or ``()``.
+
+    OpenSSL keeps no verified chain for a resumed TLS session; the proxy rebuilds it from the
+    configured client CAs (signatures checked) so the trust anchor can still be judged per request.
+    """
+    cert = x509.load_der_x509_certificate(leaf_der)
+    chain: list[bytes] = []
+    for _ in range(len(cas) + 1):
+        issuer = None
+        for ca in cas:
+            if ca.subject != cert.issuer:
+                continue
+            try:
+                cert.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            issuer = ca
+            break
+        if issuer is None:
+            return ()
+        chain.append(issuer.public_bytes(serialization.Encoding.DER))
+        if issuer.subject == issuer.issuer:
+            return tuple(chain)
+        cert = issuer
+    return ()
 
 
 def parse_peer(der: bytes, chain_der: tuple[bytes, ...] = ()) -> PeerIdentity:

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import httptools
 
 from mtls_proxy import metrics
-from mtls_proxy.certs import PeerIdentity, parse_peer
+from mtls_proxy.certs import PeerIdentity, parse_peer, rebuild_chain
 from mtls_proxy.errors import (
     BadRequest,
     BodyTooLarge,
@@ -218,6 +218,8 @@ class ClientConnection(asyncio.Protocol):
                 chain = tuple(_cert_der(c) for c in get_chain()[1:])
             except Exception:
                 chain = ()
+        if not chain:  # a resumed session carries no verified chain: rebuild it from the trusted CAs
+            chain = rebuild_chain(der, self.server.state.client_ca_certs)
         self.peer = parse_peer(der, chain)
         metrics.client_cert_seen(self.peer.not_after, time())
         self.server.connection_opened(self)

@@ -38,6 +38,7 @@ class RuntimeState:
     loaded_at: float
     server_cert_not_after: dt.datetime
     client_ca_not_after: tuple[tuple[str, dt.datetime], ...]
+    client_ca_certs: tuple[x509.Certificate, ...]
     crl_next_updates: tuple[tuple[str, dt.datetime | None], ...]
 
 
@@ -80,6 +81,7 @@ def build_state(settings: Settings, now: float) -> RuntimeState:
         loaded_at=now,
         server_cert_not_after=leaf.not_valid_after_utc,
         client_ca_not_after=tuple((c.subject.rfc4514_string(), c.not_valid_after_utc) for c in cas),
+        client_ca_certs=tuple(cas),
         crl_next_updates=tuple(next_updates),
     )
 
