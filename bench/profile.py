@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Profile mtls-proxy's per-request path under the small-request load of bench/run.py.
 
-    python bench/profile.py [--conns 256] [--seconds 10] [--rate 200] [--no-native] [--out FILE]
+    python bench/profile.py [--load small|handshake|resumed] [--conns N] [--seconds 10] [--rate 200]
+                            [--no-native] [--out FILE]
 
 Same set-up as bench/run.py (certificates, upstream nginx on a Unix socket, mtls-proxy pinned to
 CPU 1, load generator and py-spy pinned to CPU 0). py-spy samples the proxy while the load generator
@@ -35,6 +36,7 @@ def ensure_py_spy() -> str:
     return exe
 
 
+_SYSCALLS = {"write", "writev", "read", "readv", "recv", "recvfrom", "send", "sendto", "sendmsg", "recvmsg"}
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -53,6 +55,7 @@ def frame_name(frame: str) -> str:
 def summarise(collapsed: Path, top: int) -> str:
     self_count: collections.Counter[str] = collections.Counter()
     incl_count: collections.Counter[str] = collections.Counter()
+    syscall_by_caller: collections.Counter[str] = collections.Counter()
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -66,6 +69,10 @@ def summarise(collapsed: Path, top: int) -> str:
             continue
         total += count
         self_count[frames[-1]] += count
+        leaf = frames[-1].split(" (")[0]
+        if leaf in _SYSCALLS and "libc" in frames[-1]:
+            callers = [f for f in frames if "mtls_proxy/" in f or ".py)" in f]
+            syscall_by_caller[f"{leaf} <- {callers[-1] if callers else '(event loop)'}"] += count
         for f in set(frames):
             incl_count[f] += count
     if not total:
@@ -82,6 +89,12 @@ def summarise(collapsed: Path, top: int) -> str:
         + table(self_count, "function (self)")
         + "\n\nInclusive time, mtls_proxy functions (the per-request path):\n\n"
         + table(incl_count, "function (inclusive)", lambda f: "mtls_proxy/" in f)
+        + (
+            "\n\nSystem calls by the nearest Python caller (native profiles only; '(event loop)' is uvloop "
+            "reading sockets before any Python code runs):\n\n" + table(syscall_by_caller, "syscall <- caller")
+            if syscall_by_caller
+            else ""
+        )
         + "\n\nInclusive time, everything:\n\n"
         + table(incl_count, "function (inclusive)")
         + "\n"
@@ -90,7 +103,13 @@ def summarise(collapsed: Path, top: int) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--conns", type=int, default=256)
+    ap.add_argument(
+        "--load",
+        choices=["small", "handshake", "resumed"],
+        default="small",
+        help="keep-alive GET /small (default), full handshakes, or resumed handshakes",
+    )
+    ap.add_argument("--conns", type=int, default=None, help="connections (default 256; 32 for handshakes)")
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     ap.add_argument("--no-native", action="store_true", help="Python frames only")
@@ -111,22 +130,13 @@ def main() -> int:
         bench.targets = {"mtls": t}
         t.start()
         pid = t.server_pids()[-1]
-        load = subprocess.Popen(
-            bench.loadgen_cmd(
-                t,
-                "http",
-                "--conns",
-                str(args.conns),
-                "--warmup",
-                "1",
-                "--duration",
-                str(args.seconds + 3),
-                "--path",
-                "/small",
-            ),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        timing = ["--warmup", "1", "--duration", str(args.seconds + 3)]
+        if args.load == "small":
+            lg = ["http", "--conns", str(args.conns or 256), "--path", "/small", *timing]
+        else:
+            lg = ["handshake", "--conns", str(args.conns or 32), *timing]
+            lg += ["--resume"] if args.load == "resumed" else []
+        load = subprocess.Popen(bench.loadgen_cmd(t, *lg), stdout=subprocess.PIPE, text=True)
         time.sleep(2)
         cmd = [
             py_spy,
@@ -154,7 +164,8 @@ def main() -> int:
         if rec.returncode != 0:
             sys.exit(f"py-spy failed: {rec.stderr}")
         out, _ = load.communicate(timeout=60)
-        run.log(f"load during the profile: {out.strip()}")
+        result = [ln for ln in out.splitlines() if ln.startswith("{")]
+        run.log(f"load during the profile (slowed by the sampling): {result[-1] if result else out.strip()}")
     finally:
         bench.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
