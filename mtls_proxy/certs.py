@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
-from dataclasses import dataclass, field
-
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -108,8 +108,13 @@ def rebuild_chain(leaf_der: bytes, cas: Sequence[x509.Certificate]) -> tuple[byt
     return ()
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_peer(der: bytes, chain_der: tuple[bytes, ...] = ()) -> PeerIdentity:
-    """Parse a verified leaf certificate (DER) into a :class:`PeerIdentity`."""
+    """Parse a verified leaf certificate (DER) into a :class:`PeerIdentity`.
+
+    Cached: phones reconnect often with the same certificate, and parsing was a fifth of a full
+    handshake's CPU; the result is immutable and shared by that device's connections.
+    """
     cert = x509.load_der_x509_certificate(der)
     dns: tuple[str, ...] = ()
     uri: tuple[str, ...] = ()

@@ -10,6 +10,8 @@ UTF-8. Pure functions, no I/O.
 
 from __future__ import annotations
 
+import re
+
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
@@ -70,8 +72,15 @@ def remove_dot_segments(path: str) -> str:
     return result
 
 
+# A path made only of these bytes, without '//' or dot-segments, is already in normal form.
+_PLAIN = re.compile(rb"/[A-Za-z0-9\-_~!$&'()*+,;=:@/.]*")
+_DOTS = re.compile(rb"//|/\.\.?(?:/|$)")
+
+
 def normalize_path(raw_path: bytes) -> str:
     """The routed path for policy decisions, or :class:`AmbiguousPath`."""
+    if _PLAIN.fullmatch(raw_path) and not _DOTS.search(raw_path):
+        return raw_path.decode("ascii")  # the per-request fast path: nothing to decode or remove
     if not raw_path.startswith(b"/"):
         raise AmbiguousPath("not_origin_form")
     for c in raw_path:

@@ -196,9 +196,10 @@ class Policy:
 
     def evaluate(self, peer: PeerIdentity, method: str, path: str) -> Decision:
         """Judge one request on the path Django will route. Pure."""
-        denied = self.judge_client(peer)
-        if denied is not None:
-            return denied
+        return self.judge_client(peer) or self.evaluate_rules(peer, method, path)
+
+    def evaluate_rules(self, peer: PeerIdentity, method: str, path: str) -> Decision:
+        """The rules alone (the proxy caches :meth:`judge_client` per connection and state)."""
         for rule in self.rules:
             if rule.applies(method, path):
                 if rule.deny:

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import httptools
 
 from mtls_proxy import metrics
-from mtls_proxy.certs import PeerIdentity, parse_peer, rebuild_chain
+from mtls_proxy.certs import PeerIdentity, parse_peer
 from mtls_proxy.errors import (
     BadRequest,
     BodyTooLarge,
@@ -55,6 +55,7 @@ from mtls_proxy.http1 import (
 )
 from mtls_proxy.identity import PROXY_SET_HEADER_KEYS
 from mtls_proxy.paths import AmbiguousPath, normalize_path, split_target
+from mtls_proxy.policy import Decision
 from mtls_proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -186,6 +187,7 @@ class ClientConnection(asyncio.Protocol):
         self._timer_kind = ""
         self._body_activity = 0.0
         self._upstream_timer: asyncio.TimerHandle | None = None
+        self._upstream_watch = False
         self._parse_error: ProxyError | None = None
         self._broken = False  # the request stream can no longer be trusted: no more parsing
         self._closing = False  # close once the active exchange is done
@@ -196,6 +198,11 @@ class ClientConnection(asyncio.Protocol):
         self._id_headers: tuple[tuple[bytes, bytes], ...] = ()
         self._head_fed = 0  # bytes fed while one request head was still unfinished
         self._renew_header = b""
+        self._out: list[bytes] | None = None  # writes collected while one upstream read is parsed
+        self._timer_at = 0.0  # when self._timer fires; the deadline may be later (lazy re-arming)
+        self._deadline = 0.0
+        self._judged_generation = -1
+        self._client_denial: Decision | None = None
 
     # --- connection lifecycle -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -219,7 +226,7 @@ class ClientConnection(asyncio.Protocol):
             except Exception:
                 chain = ()
         if not chain:  # a resumed session carries no verified chain: rebuild it from the trusted CAs
-            chain = rebuild_chain(der, self.server.state.client_ca_certs)
+            chain = self.server.state.rebuilt_chain(der)
         self.peer = parse_peer(der, chain)
         metrics.client_cert_seen(self.peer.not_after, time())
         self.server.connection_opened(self)
@@ -227,8 +234,10 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._cancel_timer()
-        self._cancel_upstream_timer()
+        for handle in (self._timer, self._upstream_timer):  # for real: a closed connection is not kept alive
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._upstream_timer = None
         ex = self._active
         if self._tunnel is not None:
             self._tunnel.close()
@@ -448,12 +457,16 @@ class ClientConnection(asyncio.Protocol):
             ex.refusal = MisdirectedRequest(f"Host {host_name!r} does not match SNI {self.sni!r}")
             return
         assert self.peer is not None
-        decision = state.policy.evaluate(self.peer, ex.method.decode("ascii"), path)
-        routed = unquote(raw_path.decode("ascii"))  # what the upstream routes: decoded, dot-segments kept
+        if self._judged_generation != state.generation:  # the certificate-only checks, once per state
+            self._client_denial = state.policy.judge_client(self.peer)
+            self._judged_generation = state.generation
+        decision = self._client_denial or state.policy.evaluate_rules(self.peer, ex.method.decode("ascii"), path)
+        # what the upstream routes: decoded, dot-segments kept
+        routed = unquote(raw_path.decode("ascii")) if b"%" in raw_path else raw_path.decode("ascii")
         if decision.allowed and routed != path:
             # The target is forwarded as sent and Django does not remove dot-segments: "/admin/../api"
             # is judged as /api but routed under /admin. Both readings must be allowed.
-            routed_decision = state.policy.evaluate(self.peer, ex.method.decode("ascii"), routed)
+            routed_decision = state.policy.evaluate_rules(self.peer, ex.method.decode("ascii"), routed)
             if not routed_decision.allowed:
                 decision = routed_decision
         ex.rule = decision.rule
@@ -508,10 +521,14 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.server.draining:
             self._closing = True
-        self.loop.create_task(self._forward(ex))
+        up = self.server.pool.acquire_idle()
+        if up is not None:
+            self._send_upstream(ex, up)  # the common keep-alive case: no task, no await
+        else:
+            self.loop.create_task(self._forward(ex))
 
     async def _forward(self, ex: Exchange, fresh: bool = False) -> None:
-        """Get an upstream connection, send the head and whatever body arrived meanwhile."""
+        """Open (or wait for) an upstream connection, then send the request on it."""
         pool = self.server.pool
         try:
             up = await (pool.connect() if fresh else pool.acquire())
@@ -522,6 +539,10 @@ class ClientConnection(asyncio.Protocol):
         if self._active is not ex or self._closed:
             pool.release(up)
             return
+        self._send_upstream(ex, up)
+
+    def _send_upstream(self, ex: Exchange, up: UpstreamConnection) -> None:
+        """Send the head and whatever body arrived meanwhile; the response comes back through callbacks."""
         ex.upstream = up
         ex.upstream_started = perf_counter()
         ex.upstream_activity = self.loop.time()
@@ -707,13 +728,29 @@ class ClientConnection(asyncio.Protocol):
 
     def on_upstream_body(self, data: bytes) -> None:
         ex = self._active
-        assert ex is not None and self.transport is not None
+        assert ex is not None
         ex.upstream_activity = self.loop.time()
         ex.bytes_out += len(data)
         if ex.resp_chunked:
-            self.transport.writelines((chunk_header(len(data)), data, EOL))
+            self._write(chunk_header(len(data)))
+            self._write(data)
+            self._write(EOL)
         else:
-            self.transport.write(data)
+            self._write(data)
+
+    def begin_batch(self) -> None:
+        """Upstream bytes are being parsed: collect what they produce into one write (one TLS record)."""
+        self._out = []
+
+    def end_batch(self) -> None:
+        out, self._out = self._out, None
+        if out and self.transport is not None and not self._closed:
+            if len(out) == 1:
+                self.transport.write(out[0])
+            elif sum(map(len, out)) <= 16384:
+                self.transport.write(b"".join(out))
+            else:
+                self.transport.writelines(out)
 
     def on_upstream_message_complete(self) -> None:
         ex = self._active
@@ -749,7 +786,7 @@ class ClientConnection(asyncio.Protocol):
         self._upgrade_pending = False
         self._log_access(ex, "upgraded")
         if tail:
-            self.transport.write(tail)
+            self._write(tail)
         if ex.early_tunnel:
             up.write(ex.early_tunnel)
             ex.early_tunnel = b""
@@ -819,24 +856,32 @@ class ClientConnection(asyncio.Protocol):
         self._resume(_PAUSE_UPSTREAM)
 
     # --- timers ----------------------------------------------------------------------------------------------
+    # Timers are re-armed lazily: a request usually arms a later deadline than the pending handle's,
+    # so the handle stays and re-schedules itself when it fires early, instead of a cancel and a new
+    # handle per request.
     def _arm(self, kind: str, seconds: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        deadline = self.loop.time() + seconds
         self._timer_kind = kind
-        self._timer = self.loop.call_later(seconds, self._on_timer)
+        self._deadline = deadline
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_kind = ""
+        self._timer_kind = ""  # the handle fires later and finds nothing to do
 
     def _on_timer(self) -> None:
-        kind = self._timer_kind
         self._timer = None
-        self._timer_kind = ""
-        if self._closed:
+        kind = self._timer_kind
+        if not kind or self._closed:
             return
+        if self._deadline > self.loop.time():
+            self._timer_at = self._deadline
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        self._timer_kind = ""
         limits = self.server.state.settings.limits
         if kind == "body":
             idle = self.loop.time() - self._body_activity
@@ -853,19 +898,17 @@ class ClientConnection(asyncio.Protocol):
         self._close() if self._active is None else self._abort()
 
     def _arm_upstream(self, seconds: float) -> None:
-        if self._upstream_timer is not None:
-            self._upstream_timer.cancel()
-        self._upstream_timer = self.loop.call_later(seconds, self._on_upstream_timer)
+        self._upstream_watch = True
+        if self._upstream_timer is None:
+            self._upstream_timer = self.loop.call_later(seconds, self._on_upstream_timer)
 
     def _cancel_upstream_timer(self) -> None:
-        if self._upstream_timer is not None:
-            self._upstream_timer.cancel()
-            self._upstream_timer = None
+        self._upstream_watch = False  # lazily: the pending handle finds nothing to watch
 
     def _on_upstream_timer(self) -> None:
         self._upstream_timer = None
         ex = self._active
-        if ex is None or ex.upstream is None or self._closed:
+        if not self._upstream_watch or ex is None or ex.upstream is None or self._closed:
             return
         timeout = self.server.state.settings.limits.upstream_read_timeout
         idle = self.loop.time() - ex.upstream_activity
@@ -889,11 +932,15 @@ class ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self._closed:
+        if self._out is not None:
+            self._out.append(data)
+        elif self.transport is not None and not self._closed:
             self.transport.write(data)
 
     def _close(self) -> None:
         self._broken = True  # nothing more is parsed from a connection we are closing
+        if self._out:
+            self.end_batch()
         if self.transport is not None and not self._closed:
             self.transport.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -317,6 +318,11 @@ async def run_server(config_path: str, state: RuntimeState, sockets: list[socket
             lambda: server.state.settings.watched_files(), server.request_reload,
             state.settings.reload.debounce, server._stop,
         ))
+    # Start-up objects never die: move them out of the collector's way, and collect young objects
+    # less often (the request path makes few reference cycles; the collector was 4% of its CPU).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
     if on_ready is not None:
         on_ready()
     try:

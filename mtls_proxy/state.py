@@ -13,12 +13,13 @@ import datetime as dt
 import hashlib
 import itertools
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from mtls_proxy.certs import rebuild_chain
 from mtls_proxy.config import Settings, load_settings
 from mtls_proxy.errors import ConfigError, ConfigProblem
 from mtls_proxy.identity import IdentityEncoder, IdentityOptions, load_signing_key
@@ -39,7 +40,17 @@ class RuntimeState:
     server_cert_not_after: dt.datetime
     client_ca_not_after: tuple[tuple[str, dt.datetime], ...]
     client_ca_certs: tuple[x509.Certificate, ...]
+
+    def rebuilt_chain(self, leaf_der: bytes) -> tuple[bytes, ...]:
+        """:func:`rebuild_chain` against this state's CAs, memoised (resumptions repeat per device)."""
+        chain = self._chains.get(leaf_der)
+        if chain is None:
+            if len(self._chains) >= 4096:
+                self._chains.clear()
+            chain = self._chains[leaf_der] = rebuild_chain(leaf_der, self.client_ca_certs)
+        return chain
     crl_next_updates: tuple[tuple[str, dt.datetime | None], ...]
+    _chains: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _read_crls(paths: tuple[Path, ...]) -> tuple[set[tuple[str, int]], list[tuple[str, dt.datetime | None]]]:

@@ -32,6 +32,8 @@ class ResponseSink(Protocol):
     def on_upstream_tunnel_data(self, data: bytes) -> None: ...
     def on_upstream_lost(self, exc: BaseException | None) -> None: ...
     def on_upstream_pause_writing(self) -> None: ...
+    def begin_batch(self) -> None: ...
+    def end_batch(self) -> None: ...
     def on_upstream_resume_writing(self) -> None: ...
 
 
@@ -67,6 +69,7 @@ class UpstreamConnection(asyncio.Protocol):
             owner.on_upstream_tunnel_data(data)
             return
         self.received += len(data)
+        owner.begin_batch()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -76,6 +79,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             self.owner = None
             owner.on_upstream_lost(UpstreamError(f"invalid response from upstream: {exc}", "upstream_bad_response"))
+        finally:
+            owner.end_batch()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost reports to the owner
@@ -168,14 +173,18 @@ class UpstreamPool:
         self.closed = False
         self.connects = 0
 
-    async def acquire(self) -> UpstreamConnection:
+    def acquire_idle(self) -> UpstreamConnection | None:
+        """A pooled keep-alive connection that is still open, or None."""
         idle = self._idle
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 conn.reused = True
                 return conn
-        return await self.connect()
+        return None
+
+    async def acquire(self) -> UpstreamConnection:
+        return self.acquire_idle() or await self.connect()
 
     async def connect(self) -> UpstreamConnection:
         s = self.settings
