@@ -87,7 +87,8 @@ def test_expired_crl_is_refused_at_load(tmp_path, pki):
     import datetime as dt
 
     now = dt.datetime.now(dt.UTC)
-    crl = pki.crl("expired-crl.pem", [], this_update=now - dt.timedelta(days=10), next_update=now - dt.timedelta(days=1))
+    crl = pki.crl("expired-crl.pem", [], this_update=now - dt.timedelta(days=10),
+                  next_update=now - dt.timedelta(days=1))
     cfg = tmp_path / "crl.yaml"
     cfg.write_text(yaml.safe_dump({
         "listen": "127.0.0.1:8443", "upstream": "http://127.0.0.1:8000",

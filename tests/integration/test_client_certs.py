@@ -58,7 +58,8 @@ def test_valid_client_gets_200_and_django_sees_identity(matrix):
     assert cert["san_dns"] == ["d1.devices.example"]
     assert cert["san_uri"] == ["spiffe://acme/device/1"]
     assert cert["san_email"] == ["d1@example.com"]
-    assert seen["headers"]["HTTP_X_CLIENT_CERT_FINGERPRINT"] == parse_peer(c.issued.cert.public_bytes(_DER)).fingerprint_sha256
+    expected_fp = parse_peer(c.issued.cert.public_bytes(_DER)).fingerprint_sha256
+    assert seen["headers"]["HTTP_X_CLIENT_CERT_FINGERPRINT"] == expected_fp
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The README's first command, for real: a fresh virtual environment, `pip install .[demo]`, `mtls-proxy demo --smoke`."""
+"""The README's first command, for real: a fresh virtualenv, `pip install .[demo]`, `mtls-proxy demo --smoke`."""
 
 from __future__ import annotations
 

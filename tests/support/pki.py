@@ -64,7 +64,8 @@ class TestPki:
         crl = X.build_crl(issuer or self.ca, [(c.issued.cert.serial_number, now) for c in revoked], **kwargs)
         return self._write(name, X.crl_pem(crl))
 
-    def client_context(self, client: ClientFiles | None, *, max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    def client_context(self, client: ClientFiles | None, *,
+                       max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
         """A client SSLContext trusting only the server CA, presenting ``client`` if given."""
         ctx = ssl.create_default_context(cafile=str(self.server_ca_pem))
         if client is not None:

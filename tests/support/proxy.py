@@ -119,9 +119,9 @@ class ProxyProcess:
         raise RuntimeError("no VmRSS")
 
     # --- client helpers ---------------------------------------------------------------------------------
-    def connection(self, ctx: ssl.SSLContext, timeout: float = 30.0, host: str = "localhost") -> http.client.HTTPSConnection:
-        conn = http.client.HTTPSConnection(host, self.port, context=ctx, timeout=timeout)
-        return conn
+    def connection(self, ctx: ssl.SSLContext, timeout: float = 30.0,
+                   host: str = "localhost") -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(host, self.port, context=ctx, timeout=timeout)
 
     def request(self, ctx: ssl.SSLContext, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:

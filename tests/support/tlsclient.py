@@ -9,21 +9,21 @@ import ssl
 def raw_exchange(port: int, ctx: ssl.SSLContext, request: bytes, *, timeout: float = 10.0,
                  server_hostname: str = "localhost", read_all: bool = True) -> bytes:
     """Send ``request`` over a fresh TLS connection and return what came back until close (or one read)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
-        with ctx.wrap_socket(raw, server_hostname=server_hostname) as tls:
-            tls.sendall(request)
-            chunks = []
-            while True:
-                try:
-                    data = tls.recv(65536)
-                except (ssl.SSLZeroReturnError, ConnectionResetError):
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-                if not read_all:
-                    break
-            return b"".join(chunks)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
+            ctx.wrap_socket(raw, server_hostname=server_hostname) as tls:
+        tls.sendall(request)
+        chunks = []
+        while True:
+            try:
+                data = tls.recv(65536)
+            except (ssl.SSLZeroReturnError, ConnectionResetError):
+                break
+            if not data:
+                break
+            chunks.append(data)
+            if not read_all:
+                break
+        return b"".join(chunks)
 
 
 def outcome(port: int, ctx: ssl.SSLContext, path: str = "/api/echo", timeout: float = 10.0) -> str:
