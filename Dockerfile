@@ -16,4 +16,6 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:9900/healthz', timeout=2)"]
 # Exec form: the proxy is PID 1 and receives SIGHUP (reload) and SIGTERM (drain) directly.
 ENTRYPOINT ["mtls-proxy"]
-CMD ["run", "--config", "/etc/mtls-proxy/config.yaml"]
+# JSON log lines on stdout, the container default (override with the config's logging.format by
+# replacing the CMD).
+CMD ["run", "--config", "/etc/mtls-proxy/config.yaml", "--log-format", "json"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -79,12 +81,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_with_parent() -> None:
+    """Linux: SIGTERM this worker when the supervisor dies, even by SIGKILL (no orphans left serving)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 async def _run_worker(args: argparse.Namespace, state: RuntimeState) -> int:
     """A worker of the supervisor: inherited listeners, readiness on a pipe, no admin or watch of its own."""
     import socket
 
     from mtls_proxy.server import run_server
 
+    _exit_with_parent()
     sockets = [socket.socket(fileno=int(fd)) for fd in args.worker_fds.split(",")]
     for sock in sockets:
         # inherited blocking: uvloop would then keep the listener open after drain's close() (new

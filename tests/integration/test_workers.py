@@ -285,3 +285,17 @@ def test_listen_port_held_by_another_process_parent_exits_1(proxies, pki):
     assert done.returncode == 1
     assert "mtls-proxy: cannot listen: [Errno 98] Address already in use" in done.stderr, done.stderr
     assert "worker 0 ready" not in done.stdout
+
+
+def test_workers_exit_when_the_parent_is_killed(proxies, pki):
+    """PR_SET_PDEATHSIG: a SIGKILLed supervisor leaves no worker serving on its own."""
+    cfg = proxies.config()
+    proxy = start_workers(proxies, cfg, "--log-format", "json")
+    pids = worker_pids(proxy)
+    assert sorted(pids) == [0, 1] and all(alive(p) for p in pids.values())
+    os.kill(proxy.process.pid, signal.SIGKILL)
+    proxy.process.wait(10)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids.values())
