@@ -57,6 +57,8 @@ class TlsSettings:
     #: Names this listener serves; when a client sent SNI, Host must name the same server (else 421).
     server_names: tuple[str, ...] = ()
     session_tickets: bool = True
+    #: most CA certificates allowed between a client leaf and its anchor (anchor included); longer: 403
+    verify_depth: int = 2
 
 
 @dataclass(frozen=True)
@@ -291,7 +293,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509.Certificate]]:
     d = loader.mapping(
         raw, "tls", ("cert", "key", "client_ca", "crl", "min_version", "handshake_timeout", "server_names",
-                     "session_tickets"),
+                     "session_tickets", "verify_depth"),
     )
     if raw is None:
         return None, []  # reported once as "tls: required"
@@ -357,9 +359,18 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
             handshake_timeout=loader.converted(d, "handshake_timeout", "tls", parse_duration, 10.0),
             server_names=tuple(s.lower() for s in server_names),
             session_tickets=loader.typed(d, "session_tickets", "tls", bool, True),
+            verify_depth=_verify_depth(loader, d),
         ),
         ca_certs,
     )
+
+
+def _verify_depth(loader: _Loader, d: dict[str, Any]) -> int:
+    depth = loader.typed(d, "verify_depth", "tls", int, 2)
+    if not 1 <= depth <= 10:
+        loader.problem("tls.verify_depth", f"{depth}: use 1 (leaf issued by the anchor) to 10")
+        return 2
+    return int(depth)
 
 
 def _parse_identity(loader: _Loader, raw: Any) -> IdentitySettings:

@@ -171,10 +171,13 @@ class Policy:
     revoked: frozenset[tuple[str, int]] = field(default=frozenset())
     #: SHA-256 of the client CA certificates currently trusted (merged in at state build; empty: not checked)
     trusted_anchors: frozenset[str] = field(default=frozenset())
+    #: longest chain (CA certificates above the leaf) accepted; 0: not checked
+    max_chain: int = 0
 
-    def with_trust(self, revoked: Iterable[tuple[str, int]], anchors: Iterable[str] = ()) -> Policy:
-        """This policy plus what the TLS material says: CRL-revoked serials and the trusted CAs."""
-        return replace(self, revoked=frozenset(revoked), trusted_anchors=frozenset(anchors))
+    def with_trust(self, revoked: Iterable[tuple[str, int]], anchors: Iterable[str] = (),
+                   max_chain: int = 0) -> Policy:
+        """This policy plus what the TLS material says: CRL-revoked serials, trusted CAs, chain depth."""
+        return replace(self, revoked=frozenset(revoked), trusted_anchors=frozenset(anchors), max_chain=max_chain)
 
     def judge_client(self, peer: PeerIdentity) -> Decision | None:
         """The checks that depend on the certificate only: a denial, or None."""
@@ -184,6 +187,8 @@ class Policy:
             return Decision(False, "-", "leaf_is_ca")
         if self.trusted_anchors and peer.anchor_sha256 not in self.trusted_anchors:
             return Decision(False, "-", "ca_not_trusted")
+        if self.max_chain and len(peer.chain_der) > self.max_chain:
+            return Decision(False, "-", "chain_too_long")
         if (peer.issuer_dn, peer.serial) in self.revoked:
             return Decision(False, "-", "revoked")
         if (

@@ -85,8 +85,11 @@ def build_state(settings: Settings, now: float) -> RuntimeState:
     return RuntimeState(
         settings=settings,
         ssl_context=ctx,
-        policy=settings.policy.with_trust(revoked, (hashlib.sha256(c.public_bytes(Encoding.DER)).hexdigest()
-                                                     for c in cas)),
+        policy=settings.policy.with_trust(
+            revoked,
+            (hashlib.sha256(c.public_bytes(Encoding.DER)).hexdigest() for c in cas),
+            settings.tls.verify_depth,
+        ),
         identity=encoder,
         generation=next(_generations),
         loaded_at=now,

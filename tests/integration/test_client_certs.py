@@ -121,3 +121,20 @@ def test_refused_with_403_and_reason(matrix, make, reason):
     assert status == 403
     assert json.loads(body) == {"error": "forbidden", "reason": reason}
     proxy.wait_for_log(rf"denied: cn={c.name} .*reason={reason}", 5, start=mark)
+
+
+def test_chain_longer_than_verify_depth_is_refused(proxies, pki, tmp_path):
+    """root -> int1 -> int2 -> leaf: two intermediates plus the root is 3 CA certificates above the leaf."""
+    root = X.issue_ca({"CN": "Depth Root"})
+    int1 = X.issue_ca({"CN": "Depth Int 1"}, issuer=root)
+    int2 = X.issue_ca({"CN": "Depth Int 2"}, issuer=int1)
+    bundle = tmp_path / "depth-cas.pem"
+    bundle.write_bytes(root.cert_pem() + int1.cert_pem() + int2.cert_pem())
+    leaf = pki.client("depth-leaf", issuer=int2)
+    ctx = pki.client_context(leaf)
+    deep = proxies.start(tls={"client_ca": [str(bundle)], "verify_depth": 2})
+    status, body = deep.get_json(ctx, "/api/echo")
+    assert (status, body) == (403, {"error": "forbidden", "reason": "chain_too_long"})
+    allowed = proxies.start(tls={"client_ca": [str(bundle)], "verify_depth": 3})
+    status, body = allowed.get_json(ctx, "/api/echo")
+    assert status == 200 and body["client_cert"]["common_name"] == "depth-leaf"

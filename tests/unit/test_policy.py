@@ -163,3 +163,12 @@ def test_client_of_a_ca_no_longer_trusted_is_refused():
     assert everyone.with_trust([], [ca_fp]).evaluate(p, "GET", "/").allowed
     other_fp = __import__("hashlib").sha256(OTHER_CA.cert.public_bytes(Encoding.DER)).hexdigest()
     assert everyone.with_trust([], [other_fp]).evaluate(p, "GET", "/").reason == "ca_not_trusted"
+
+
+def test_chain_depth_limit():
+    everyone = compile_ok({"rules": [{"name": "all", "paths": ["/"], "clients": "any"}]})
+    issued = X.issue_client({"CN": "deep"}, CA)
+    chain = (OTHER_CA.cert.public_bytes(Encoding.DER), CA.cert.public_bytes(Encoding.DER))
+    p = parse_peer(issued.cert.public_bytes(Encoding.DER), chain)
+    assert everyone.with_trust([], (), max_chain=2).evaluate(p, "GET", "/").allowed
+    assert everyone.with_trust([], (), max_chain=1).evaluate(p, "GET", "/").reason == "chain_too_long"
