@@ -9,7 +9,6 @@ PKI directory byte-for-byte unchanged. Certificates are generated at test time.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.server
 import os
 import plistlib
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.fs import tree_digest
 
 JAVA_SRC = Path(__file__).resolve().parents[1] / "java" / "MtlsClient.java"
 P12_PASSWORD = "app-import-pw"
@@ -51,16 +52,6 @@ def ok(*args: str | Path, cwd: Path | None = None) -> str:
     result = pki(*args, cwd=cwd)
     assert result.returncode == 0, f"pki {args} failed: {result.stderr}"
     return result.stdout
-
-
-def tree_digest(root: Path) -> dict[str, tuple[int, str]]:
-    """Relative path -> (mode, sha256): a directory is unchanged iff this is equal."""
-    out: dict[str, tuple[int, str]] = {}
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
-        out[str(path.relative_to(root))] = (stat.S_IMODE(st.st_mode), content)
-    return out
 
 
 def sh(command: str) -> str:

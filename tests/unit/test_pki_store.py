@@ -6,7 +6,6 @@ Real keys and certificates are generated in every test; nothing is mocked.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import stat
@@ -30,18 +29,9 @@ from mtls_proxy.pki.store import (
     PkiStore,
     parse_serial,
 )
+from tests.support.fs import tree_digest
 
 PASSPHRASE = b"correct horse battery staple"
-
-
-def tree_digest(root: Path) -> dict[str, tuple[int, str]]:
-    """Relative path -> (mode, sha256 of content): what "unchanged" means for a directory."""
-    out: dict[str, tuple[int, str]] = {}
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
-        out[str(path.relative_to(root))] = (stat.S_IMODE(st.st_mode), content)
-    return out
 
 
 def mode(path: Path) -> int:
