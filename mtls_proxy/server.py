@@ -27,6 +27,7 @@ from mtls_proxy.logs import access_log, format_access, is_json, setup_logging, w
 from mtls_proxy.proxy import ClientConnection
 from mtls_proxy.state import RuntimeState, load_state
 from mtls_proxy.tls import classify_handshake_error
+from mtls_proxy.tlsconn import TlsServerConnection
 from mtls_proxy.upstream import UpstreamPool
 from mtls_proxy.watch import watch_and_reload
 
@@ -126,31 +127,39 @@ class ProxyServer:
                     return
                 raise
             self.handshaking += 1
-            loop.create_task(self._handshake(conn, addr))
+            try:
+                await loop.connect_accepted_socket(lambda peer=addr: self._tls_for(peer), conn)  # type: ignore[misc]
+            except OSError as exc:  # the socket died between accept and here
+                conn.close()
+                self._handshake_failed(addr, exc)
 
-    async def _handshake(self, sock: socket.socket, addr: Any) -> None:
+    def _tls_for(self, addr: Any) -> TlsServerConnection:
+        """TLS with the context current at accept time: a reload applies to every new connection."""
         state = self.state
-        try:
-            await self.loop.connect_accepted_socket(
-                lambda: ClientConnection(self),
-                sock,
-                ssl=state.ssl_context,
-                ssl_handshake_timeout=state.settings.tls.handshake_timeout,
+        return TlsServerConnection(
+            state.ssl_context,
+            lambda: ClientConnection(self),
+            state.settings.tls.handshake_timeout,
+            self._handshake_done,
+            lambda exc: self._handshake_failed(addr, exc),
+            self.loop,
+        )
+
+    def _handshake_done(self) -> None:
+        self.handshaking -= 1
+        metrics.HANDSHAKES.inc()
+        self._slot_free.set()
+
+    def _handshake_failed(self, addr: Any, exc: BaseException) -> None:
+        self.handshaking -= 1
+        self._slot_free.set()
+        reason = classify_handshake_error(exc)
+        metrics.handshake_failed(reason)
+        if self._handshake_log.allow(self.loop.time()):
+            log.warning(
+                "tls handshake failed: client=%s reason=%s detail=%s",
+                addr[0] if isinstance(addr, tuple) else addr, reason, exc,
             )
-        except (TimeoutError, OSError, EOFError) as exc:
-            sock.close()
-            reason = classify_handshake_error(exc)
-            metrics.handshake_failed(reason)
-            if self._handshake_log.allow(self.loop.time()):
-                log.warning(
-                    "tls handshake failed: client=%s reason=%s detail=%s",
-                    addr[0] if isinstance(addr, tuple) else addr, reason, exc,
-                )
-        else:
-            metrics.HANDSHAKES.inc()
-        finally:
-            self.handshaking -= 1
-            self._slot_free.set()
 
     # --- connection bookkeeping (called by ClientConnection) ----------------------------------------------
     def connection_opened(self, conn: ClientConnection) -> None:
