@@ -490,51 +490,22 @@ class Bench:
                 left -= n
 
     # --- processes ---------------------------------------------------------------------------------------
+    def _nginx_argv(self, name: str, conf: Path) -> list[str]:
+        """One nginx in the foreground with its prefix in the temp dir (the upstream or a proxy)."""
+        return [self.nginx, "-e", str(self.d / f"{name}.early.log"), "-p", str(self.d), "-c", str(conf),
+                "-g", "daemon off;"]
+
     def start_upstream(self) -> None:
         conf = self.d / "upstream.conf"
         conf.write_text(upstream_conf(self.d))
-        self.upstream = Proc(
-            "upstream",
-            pinned(
-                HARNESS_CPU,
-                [
-                    self.nginx,
-                    "-e",
-                    str(self.d / "upstream.early.log"),
-                    "-p",
-                    str(self.d),
-                    "-c",
-                    str(conf),
-                    "-g",
-                    "daemon off;",
-                ],
-            ),
-            self.d,
-        )
+        self.upstream = Proc("upstream", pinned(HARNESS_CPU, self._nginx_argv("upstream", conf)), self.d)
         wait_for(lambda: unix_ready(self.d / "upstream.sock"), 10, "the upstream nginx")
 
     def _start_nginx(self, t: Target, workers: int = 1, cpu: str = PROXY_CPU) -> None:
         t.port = free_port()
         conf = self.d / f"{t.key}.conf"
         conf.write_text(nginx_proxy_conf(self.d, t.port, self.certs, workers, t.key))
-        t.proc = Proc(
-            t.key,
-            pinned(
-                cpu,
-                [
-                    self.nginx,
-                    "-e",
-                    str(self.d / f"{t.key}.early.log"),
-                    "-p",
-                    str(self.d),
-                    "-c",
-                    str(conf),
-                    "-g",
-                    "daemon off;",
-                ],
-            ),
-            self.d,
-        )
+        t.proc = Proc(t.key, pinned(cpu, self._nginx_argv(t.key, conf)), self.d)
         wait_for(lambda: tcp_ready(t.port) and len(children(t.proc.pid)) >= workers, 10, t.label)  # type: ignore[union-attr]
 
     def _start_mtls(self, t: Target, workers: int = 1, cpu: str = PROXY_CPU) -> None:
