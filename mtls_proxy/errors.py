@@ -76,11 +76,6 @@ class UpstreamTimeout(UpstreamError):
     reason = "upstream_timeout"
 
 
-class ServiceUnavailable(ProxyError):
-    status = 503
-    reason = "shutting_down"
-
-
 @dataclass(frozen=True)
 class ConfigProblem:
     """One problem in a configuration: ``key_path`` is e.g. ``tls.client_ca[1]``."""

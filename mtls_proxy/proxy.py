@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 from time import perf_counter, time
 from typing import TYPE_CHECKING
@@ -1022,7 +1023,5 @@ def _cert_der(cert: object) -> bytes:
     public_bytes = getattr(cert, "public_bytes", None)
     if public_bytes is None:
         raise TypeError("not a certificate")
-    import ssl
-
     return bytes(public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
 
