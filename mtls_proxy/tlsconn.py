@@ -130,26 +130,33 @@ class TlsServerConnection(asyncio.Protocol):
             self._fail(TimeoutError("TLS handshake timed out"))
 
     def _read_app(self) -> None:
+        """Decrypt every complete record received and hand the plaintext over in one call."""
+        if self._paused or self._app is None:
+            return
         ssl_obj = self._ssl
-        while not self._paused and self._app is not None:
+        chunks: list[bytes] = []
+        eof = False
+        while True:
             try:
                 data = ssl_obj.read(_READ_SIZE)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # close_notify from the client
-                self._flush()
-                if self._app is not None and not self._app.eof_received():
-                    self.close()
-                return
+                eof = True
+                break
             except ssl.SSLError:
                 self.abort()
                 return
             if not data:
                 break
-            self._app.data_received(data)
+            chunks.append(data)
             if not self._in.pending and not ssl_obj.pending():
                 break
+        if chunks:  # one parser pass per TCP read, not one per 16 KiB record
+            self._app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         self._flush()
+        if eof and self._app is not None and not self._app.eof_received():
+            self.close()
 
     def _flush(self) -> None:
         data = self._out.read()
