@@ -398,8 +398,6 @@ class ClientConnection(asyncio.Protocol):
         ex.body_done = True
         if self._timer_kind == "body":
             self._cancel_timer()
-        if ex.refusal is None and ex.content_length is not None and ex.body_received != ex.content_length:
-            return  # cannot happen with llhttp; the upstream connection is reset if it ever did
         up = ex.upstream
         if up is not None and self._active is ex and ex.chunked:
             up.write(CHUNKED_END)

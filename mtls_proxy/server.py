@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import gc
 import logging
 import signal
@@ -128,7 +129,7 @@ class ProxyServer:
                 raise
             self.handshaking += 1
             try:
-                await loop.connect_accepted_socket(lambda peer=addr: self._tls_for(peer), conn)  # type: ignore[misc]
+                await loop.connect_accepted_socket(functools.partial(self._tls_for, addr), conn)
             except OSError as exc:  # the socket died between accept and here
                 conn.close()
                 self._handshake_failed(addr, exc)
