@@ -46,6 +46,17 @@ def spki_sha256(cert: x509.Certificate) -> str:
     return base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
 
 
+@dataclass(frozen=True, slots=True)
+class ChainLink:
+    """What the per-request judgment needs of one CA certificate above the leaf."""
+
+    subject_dn: str
+    issuer_dn: str
+    serial: int
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
 @dataclass(frozen=True)
 class PeerIdentity:
     """What the proxy knows about a verified client certificate (the leaf)."""
@@ -70,6 +81,8 @@ class PeerIdentity:
     #: SHA-256 (hex) of the trust anchor the handshake chained to: lets a reload that drops a CA
     #: refuse that CA's clients on connections opened before it
     anchor_sha256: str = ""
+    #: the CA certificates of ``chain_der``, parsed (CRL serials and validity of the whole chain)
+    chain: tuple[ChainLink, ...] = field(default=(), compare=False)
 
     @property
     def common_name(self) -> str:
@@ -156,4 +169,16 @@ def parse_peer(der: bytes, chain_der: tuple[bytes, ...] = ()) -> PeerIdentity:
         is_ca=is_ca,
         chain_der=chain_der,
         anchor_sha256=hashlib.sha256(chain_der[-1] if chain_der else der).hexdigest(),
+        chain=tuple(_chain_link(d) for d in chain_der),
+    )
+
+
+def _chain_link(der: bytes) -> ChainLink:
+    cert = x509.load_der_x509_certificate(der)
+    return ChainLink(
+        subject_dn=cert.subject.rfc4514_string(),
+        issuer_dn=cert.issuer.rfc4514_string(),
+        serial=cert.serial_number,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
     )

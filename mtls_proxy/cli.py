@@ -122,7 +122,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(exc.render(), file=sys.stderr)
         return 1
     s = state.settings
-    revoked = len(state.policy.revoked)
+    revoked = len(state.trust.revoked)
     print(
         f"{args.config}: OK: listen {', '.join(str(a) for a in s.listen)}; upstream {s.upstream.url}; "
         f"{len(s.tls.client_ca)} client CA file(s); {len(s.tls.crl)} CRL(s) with {revoked} revoked; "

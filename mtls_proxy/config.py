@@ -97,6 +97,14 @@ class Limits:
     upstream_max_idle: int = 64
     max_connections: int = 4096
     drain_timeout: float = 30.0
+    #: requests parsed ahead of the one being answered on one connection; past it the proxy stops reading
+    max_pipelined: int = 32
+    #: a client that takes no response bytes for this long is cut off (and its upstream connection closed)
+    send_timeout: float = 60.0
+    #: a WebSocket tunnel with no bytes either way for this long is closed
+    tunnel_idle_timeout: float = 600.0
+    #: a WebSocket tunnel is closed this long after it opened, whatever its traffic
+    tunnel_max_lifetime: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -415,8 +423,9 @@ def _parse_reload(loader: _Loader, raw: Any) -> ReloadSettings:
 
 _LIMIT_SIZES = ("max_head_size", "max_body_size")
 _LIMIT_DURATIONS = ("head_timeout", "idle_timeout", "body_timeout", "upstream_connect_timeout",
-                    "upstream_read_timeout", "upstream_idle_timeout", "drain_timeout")
-_LIMIT_INTS = ("upstream_max_idle", "max_connections")
+                    "upstream_read_timeout", "upstream_idle_timeout", "drain_timeout", "send_timeout",
+                    "tunnel_idle_timeout", "tunnel_max_lifetime")
+_LIMIT_INTS = ("upstream_max_idle", "max_connections", "max_pipelined")
 
 
 def _parse_limits(loader: _Loader, raw: Any) -> Limits:
@@ -429,7 +438,7 @@ def _parse_limits(loader: _Loader, raw: Any) -> Limits:
         values[k] = loader.converted(d, k, "limits", parse_duration, getattr(defaults, k))
     for k in _LIMIT_INTS:
         v = loader.typed(d, k, "limits", int, getattr(defaults, k))
-        if v < 0 or (k == "max_connections" and v == 0):
+        if v < 0 or (k in ("max_connections", "max_pipelined") and v == 0):
             loader.problem(f"limits.{k}", "must be positive")
         values[k] = v
     if values["max_head_size"] < 1024:

@@ -66,6 +66,14 @@ class PolicyDenied(ProxyError):
     reason = "denied"
 
 
+class Refused(ProxyError):
+    """A request :func:`mtls_proxy.judging.judge` refused; its status comes from the outcome table."""
+
+    def __init__(self, reason: str, status: int, message: str = "") -> None:
+        super().__init__(message or reason, reason)
+        self.status = status
+
+
 class UpstreamError(ProxyError):
     status = 502
     reason = "upstream_unavailable"

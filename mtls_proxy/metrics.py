@@ -37,6 +37,9 @@ HANDSHAKE_FAILURES = Counter("mtls_proxy_tls_handshake_failures", "TLS handshake
 DENIALS = Counter("mtls_proxy_policy_denials", "Requests refused by policy or validation, by reason", ["reason"])
 UPSTREAM_ERRORS = Counter("mtls_proxy_upstream_errors", "Upstream failures, by kind (connect, timeout, reset)",
                           ["kind"])
+TUNNEL_CLOSES = Counter("mtls_proxy_tunnel_closes", "WebSocket tunnels closed, by cause", ["cause"])
+REJUDGED = Counter("mtls_proxy_connections_refused_on_rejudge",
+                   "Open connections whose client a reload or an expiry made refused, by reason", ["reason"])
 RELOADS = Counter("mtls_proxy_reloads", "Configuration reloads, by result", ["result"])
 LAST_RELOAD = Gauge("mtls_proxy_last_successful_reload_timestamp_seconds", "When the current state was loaded",
                     multiprocess_mode="max")
@@ -101,6 +104,14 @@ def upstream_error(reason: str) -> None:
     kind = UPSTREAM_KINDS.get(reason)
     if kind is not None:
         _cached(_upstream_children, UPSTREAM_ERRORS, kind).inc()
+
+
+def tunnel_closed(cause: str) -> None:
+    TUNNEL_CLOSES.labels(cause).inc()
+
+
+def rejudged_refused(reason: str) -> None:
+    REJUDGED.labels(reason).inc()
 
 
 def client_cert_seen(not_after: dt.datetime, now: float) -> None:

@@ -1,8 +1,8 @@
 """Access policy: rules compiled once at load, judged per request by a pure function.
 
-Default deny. The deny-list (serials, certificate fingerprints, SPKI pins) and the
-serials revoked by the configured CRLs are checked first, then the first rule
-whose method and path match decides. A rule either denies, or allows the clients
+Default deny. The deny-list (serials, certificate fingerprints, SPKI pins) is checked
+first (by :func:`mtls_proxy.judging.judge`), then the first rule whose method and
+path match decides. A rule either denies, or allows the clients
 that satisfy any one of its ``clients`` matchers (all fields of one matcher must
 hold). ``clients: any`` means every client whose certificate chained to a pinned
 client CA (the TLS layer already proved that).
@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 from mtls_proxy.certs import PeerIdentity
@@ -163,48 +163,27 @@ class Rule:
 
 @dataclass(frozen=True)
 class Policy:
+    """The compiled ``policy`` section: rules in order and the deny-list.
+
+    It judges only what the configuration says; the certificate's standing (chain, CRLs,
+    expiry, trust anchor) and the request's framing are judged around it by
+    :func:`mtls_proxy.judging.judge`, the one function production calls per request.
+    """
+
     rules: tuple[Rule, ...]
     deny_serials: frozenset[int] = frozenset()
     deny_fingerprints: frozenset[str] = frozenset()
     deny_spki: frozenset[str] = frozenset()
-    #: (issuer RFC 4514 DN, serial) pairs from the CRLs, merged in at state build.
-    revoked: frozenset[tuple[str, int]] = field(default=frozenset())
-    #: SHA-256 of the client CA certificates currently trusted (merged in at state build; empty: not checked)
-    trusted_anchors: frozenset[str] = field(default=frozenset())
-    #: longest chain (CA certificates above the leaf) accepted; 0: not checked
-    max_chain: int = 0
 
-    def with_trust(self, revoked: Iterable[tuple[str, int]], anchors: Iterable[str] = (),
-                   max_chain: int = 0) -> Policy:
-        """This policy plus what the TLS material says: CRL-revoked serials, trusted CAs, chain depth."""
-        return replace(self, revoked=frozenset(revoked), trusted_anchors=frozenset(anchors), max_chain=max_chain)
-
-    def judge_client(self, peer: PeerIdentity) -> Decision | None:
-        """The checks that depend on the certificate only: a denial, or None."""
-        if not peer.has_client_auth_eku:
-            return Decision(False, "-", "client_auth_eku_missing")
-        if peer.is_ca:
-            return Decision(False, "-", "leaf_is_ca")
-        if self.trusted_anchors and peer.anchor_sha256 not in self.trusted_anchors:
-            return Decision(False, "-", "ca_not_trusted")
-        if self.max_chain and len(peer.chain_der) > self.max_chain:
-            return Decision(False, "-", "chain_too_long")
-        if (peer.issuer_dn, peer.serial) in self.revoked:
-            return Decision(False, "-", "revoked")
-        if (
+    def is_denylisted(self, peer: PeerIdentity) -> bool:
+        return (
             peer.serial in self.deny_serials
             or peer.fingerprint_sha256 in self.deny_fingerprints
             or peer.spki_sha256 in self.deny_spki
-        ):
-            return Decision(False, "-", "denylisted")
-        return None
-
-    def evaluate(self, peer: PeerIdentity, method: str, path: str) -> Decision:
-        """Judge one request on the path Django will route. Pure."""
-        return self.judge_client(peer) or self.evaluate_rules(peer, method, path)
+        )
 
     def evaluate_rules(self, peer: PeerIdentity, method: str, path: str) -> Decision:
-        """The rules alone (the proxy caches :meth:`judge_client` per connection and state)."""
+        """The first rule whose method and path match decides; none matching: deny. Pure."""
         for rule in self.rules:
             if rule.applies(method, path):
                 if rule.deny:

@@ -18,22 +18,20 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mtls_proxy import metrics
 from mtls_proxy.admin import start_admin, upstream_reachable
 from mtls_proxy.config import ListenAddress
+from mtls_proxy.context import ServerContext
 from mtls_proxy.errors import ConfigError
-from mtls_proxy.logs import access_log, format_access, is_json, setup_logging, worker_index
-from mtls_proxy.proxy import ClientConnection
+from mtls_proxy.frontends.http1 import Http1Connection
+from mtls_proxy.logs import setup_logging
 from mtls_proxy.state import RuntimeState, load_state
 from mtls_proxy.tls import classify_handshake_error
 from mtls_proxy.tlsconn import TlsServerConnection
 from mtls_proxy.upstream import UpstreamPool
 from mtls_proxy.watch import watch_and_reload
-
-if TYPE_CHECKING:
-    from mtls_proxy.proxy import Exchange
 
 log = logging.getLogger("mtls_proxy")
 
@@ -81,14 +79,14 @@ def bind_listener(address: ListenAddress) -> socket.socket:
 
 
 class ProxyServer:
+    """Listeners, handshakes, reload and drain; its connections see it only as a :class:`ServerContext`."""
+
     def __init__(self, state: RuntimeState, config_path: str, loop: asyncio.AbstractEventLoop) -> None:
-        self.state = state
+        self.ctx = ServerContext(state, UpstreamPool(state.settings.upstream, state.settings.limits, loop), loop)
+        self.ctx.on_closed = self._connection_closed
         self.config_path = config_path
         self.loop = loop
-        self.pool = UpstreamPool(state.settings.upstream, state.settings.limits, loop)
-        self.connections: set[ClientConnection] = set()
         self.handshaking = 0
-        self.draining = False
         self.sockets: list[socket.socket] = []
         self._accept_tasks: list[asyncio.Task[None]] = []
         self._slot_free = asyncio.Event()
@@ -97,7 +95,14 @@ class ProxyServer:
         self._reload_again = False
         self._handshake_log = RateLimitedLog()
         self.count_reloads = True
-        self.worker = worker_index()
+
+    @property
+    def state(self) -> RuntimeState:
+        return self.ctx.state
+
+    @property
+    def draining(self) -> bool:
+        return self.ctx.draining
 
     # --- listeners ----------------------------------------------------------------------------------------
     def listen(self, sockets: list[socket.socket] | None = None) -> None:
@@ -111,7 +116,7 @@ class ProxyServer:
         loop = self.loop
         while not self.draining:
             limit = self.state.settings.limits.max_connections
-            while len(self.connections) + self.handshaking >= limit:
+            while len(self.ctx.connections) + self.handshaking >= limit:
                 self._slot_free.clear()
                 await self._slot_free.wait()
             try:
@@ -139,7 +144,7 @@ class ProxyServer:
         state = self.state
         return TlsServerConnection(
             state.ssl_context,
-            lambda: ClientConnection(self),
+            lambda: Http1Connection(self.ctx),
             state.settings.tls.handshake_timeout,
             self._handshake_done,
             lambda exc: self._handshake_failed(addr, exc),
@@ -162,45 +167,8 @@ class ProxyServer:
                 addr[0] if isinstance(addr, tuple) else addr, reason, exc,
             )
 
-    # --- connection bookkeeping (called by ClientConnection) ----------------------------------------------
-    def connection_opened(self, conn: ClientConnection) -> None:
-        self.connections.add(conn)
-        metrics.CONNECTIONS.inc()
-        if self.draining:
-            conn.start_drain()
-
-    def connection_closed(self, conn: ClientConnection) -> None:
-        if conn in self.connections:
-            self.connections.discard(conn)
-            metrics.CONNECTIONS.dec()
+    def _connection_closed(self) -> None:
         self._slot_free.set()
-
-    def record_request(self, conn: ClientConnection, ex: Exchange, reason: str, duration: float) -> None:
-        bytes_in = ex.head_size + ex.body_received
-        metrics.observe_request(ex.method, ex.rule, ex.resp_status, duration, ex.upstream_time, bytes_in, ex.bytes_out)
-        if access_log.disabled or not access_log.isEnabledFor(logging.INFO):
-            return
-        peer = conn.peer
-        fields = {
-            "client": conn.client_ip.decode(),
-            "cn": peer.common_name if peer else "-",
-            "fp": peer.fingerprint_sha256[:16] if peer else "-",
-            "method": ex.method.decode("ascii", "replace") or "-",
-            "path": ex.target.decode("ascii", "replace")[:1024] or "-",
-            "status": ex.resp_status,
-            "bytes_in": bytes_in,
-            "bytes_out": ex.bytes_out,
-            "total_ms": round(duration * 1000, 2),
-            "upstream_ms": round(ex.upstream_time * 1000, 2),
-            "rule": ex.rule,
-            "reason": reason if reason != "-" else ex.decision_reason,
-        }
-        if self.worker is not None:
-            fields["worker"] = self.worker
-        if is_json():  # the effective format: --log-format overrides logging.format
-            access_log.info("access", extra={"fields": fields})
-        else:
-            access_log.info(format_access(fields))
 
     # --- reload ------------------------------------------------------------------------------------------------
     def request_reload(self) -> None:
@@ -236,12 +204,13 @@ class ProxyServer:
             log.warning("reload: 'listen' changes need a restart; keeping %s",
                         ", ".join(str(a) for a in old.settings.listen))
         if new.settings.upstream != old.settings.upstream or new.settings.limits != old.settings.limits:
-            old_pool = self.pool
-            self.pool = UpstreamPool(new.settings.upstream, new.settings.limits, self.loop)
+            old_pool = self.ctx.pool
+            self.ctx.pool = UpstreamPool(new.settings.upstream, new.settings.limits, self.loop)
             old_pool.close()
         if new.settings.logging != old.settings.logging:
             setup_logging(new.settings.logging)
-        self.state = new
+        self.ctx.state = new
+        self.ctx.rejudge_all()  # open connections (idle, busy, tunnels) are judged by the new state now
         if self.count_reloads:
             metrics.reloaded(True, new)
         else:
@@ -273,28 +242,29 @@ class ProxyServer:
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (up to drain_timeout), then close what is left."""
         timeout = self.state.settings.limits.drain_timeout
-        log.info("draining %d connection(s), up to %.0fs", len(self.connections), timeout)
-        self.draining = True
+        connections = self.ctx.connections
+        log.info("draining %d connection(s), up to %.0fs", len(connections), timeout)
+        self.ctx.draining = True
         for task in self._accept_tasks:
             task.cancel()
         for sock in self.sockets:
             sock.close()
-        for conn in list(self.connections):
+        for conn in list(connections):
             conn.start_drain()
         deadline = self.loop.time() + timeout
         while self.loop.time() < deadline and (
-            self.handshaking or not all(conn.drained() for conn in self.connections)
+            self.handshaking or not all(conn.drained() for conn in connections)
         ):
             await asyncio.sleep(0.05)
         # Every response is complete and handed to TLS; closed connections may still wait for the
         # peer's close_notify (an idle keep-alive client never sends it): a short grace, then cut.
         grace = min(deadline, self.loop.time() + 0.5)
-        while self.connections and self.loop.time() < grace:
+        while connections and self.loop.time() < grace:
             await asyncio.sleep(0.05)
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
-        self.pool.close()
+        for conn in list(connections):
+            conn.abort()
+        self.ctx.pool.close()
+        self.ctx.close()
         log.info("stopped")
 
 

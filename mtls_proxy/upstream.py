@@ -37,8 +37,13 @@ class ResponseSink(Protocol):
     def on_upstream_resume_writing(self) -> None: ...
 
 
+class _SurplusBytes(Exception):
+    """A second response began in bytes that followed a complete one: the upstream is out of step."""
+
+
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("_idle_handle", "_parser", "closed", "owner", "pool", "received", "reused", "transport", "tunnel")
+    __slots__ = ("_finished", "_idle_handle", "_in_feed", "_parser", "closed", "owner", "pool", "received", "reused",
+                 "transport", "tunnel")
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -51,6 +56,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         #: bytes received for the current response (0 means nothing came back yet: safe to retry)
         self.received = 0
+        #: the owner's verdict on reuse once its response is complete (None: not complete yet)
+        self._finished: bool | None = None
+        self._in_feed = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -70,17 +78,30 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.received += len(data)
         owner.begin_batch()
+        self._in_feed = True
+        surplus = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self.tunnel = True
             owner.on_upstream_upgraded(data[exc.args[0]:])
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _SurplusBytes):
+                raise
+            surplus = True
         except httptools.HttpParserError as exc:
-            self.close()
-            self.owner = None
-            owner.on_upstream_lost(UpstreamError(f"invalid response from upstream: {exc}", "upstream_bad_response"))
+            if self._finished is None:
+                self.close()
+                self.owner = None
+                owner.on_upstream_lost(UpstreamError(f"invalid response from upstream: {exc}",
+                                                     "upstream_bad_response"))
+            else:
+                surplus = True  # garbage after a complete response
         finally:
+            self._in_feed = False
             owner.end_batch()
+        if self._finished is not None:
+            self._settle(self._finished and not surplus)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost reports to the owner
@@ -101,6 +122,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.owner.on_upstream_resume_writing()
 
     # --- httptools callbacks --------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._finished is not None:
+            raise _SurplusBytes
+
     def on_status(self, reason: bytes) -> None:
         assert self.owner is not None
         self.owner.on_upstream_status(reason)
@@ -134,6 +159,25 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
+    def writelines(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(chunks)
+
+    def finish(self, reusable: bool) -> None:
+        """The owner's response is complete. Pooled only if ``reusable`` and the parser ended exactly at the
+        message end: bytes after it (a second response nobody asked for) close the connection instead."""
+        self.owner = None
+        self._finished = reusable
+        if not self._in_feed:
+            self._settle(reusable)
+
+    def _settle(self, reusable: bool) -> None:
+        self._finished = None
+        if reusable:
+            self.pool.release(self)
+        else:
+            self.close()
+
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
@@ -158,6 +202,7 @@ class UpstreamConnection(asyncio.Protocol):
     def reset_for_reuse(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self.owner = None
+        self._finished = None
 
 
 class UpstreamPool:

@@ -3,7 +3,7 @@
 Each input is tried as (1) a raw request-target for ``paths.normalize_path``, and (2) as bytes
 on a client connection (alone, after a valid request line, and as the target of a request),
 through the real llhttp parser (httptools) and the proxy's real judging (HeadJudge: a real
-ClientConnection, RuntimeState and verified peer, no sockets). Any exception escaping, or an
+judge(), RuntimeState and verified peer, no sockets). Any exception escaping, or an
 allowed request that breaks an invariant, is a finding.
 
     python tests/hardening/fuzz_request_head.py -max_total_time=20 [corpus_dir ...]
@@ -26,8 +26,9 @@ with atheris.instrument_imports(include=["mtls_proxy"]):
     import mtls_proxy.http1
     import mtls_proxy.identity
     import mtls_proxy.paths
-    import mtls_proxy.policy
-    import mtls_proxy.proxy  # noqa: F401
+    import mtls_proxy.exchange.forwarding
+    import mtls_proxy.judging
+    import mtls_proxy.policy  # noqa: F401
 
 from mtls_proxy.paths import AmbiguousPath, normalize_path
 from tests.hardening.headjudge import HeadJudge

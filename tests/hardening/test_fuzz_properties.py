@@ -341,8 +341,8 @@ def test_policy_first_match_against_reference(judge, rules, path, method):
                      for i, r in enumerate(rules)]}
     policy, problems = compile_policy(raw)
     assert problems == [] and policy is not None
-    decision = policy.evaluate(judge.peer, method, path)
-    assert policy.evaluate(judge.peer, method, path) == decision  # pure
+    decision = policy.evaluate_rules(judge.peer, method, path)
+    assert policy.evaluate_rules(judge.peer, method, path) == decision  # pure
     expected = ("-", "no_matching_rule", False)
     for i, r in enumerate(rules):
         if "methods" in r and method not in r["methods"]:

@@ -238,5 +238,19 @@ def test_x_forwarded_headers_are_set_and_client_values_replaced(proxy, ctx):
         assert seen["HTTP_X_FORWARDED_PROTO"] == "https"
         assert seen["HTTP_X_FORWARDED_HOST"] == f"localhost:{proxy.port}"
         assert seen["HTTP_HOST"] == f"localhost:{proxy.port}"
-        assert "HTTP_FORWARDED" not in seen
+        assert seen["HTTP_FORWARDED"] == f'for=127.0.0.1;proto=https;host="localhost:{proxy.port}"'  # ours only
         assert "HTTP_X_REAL_IP" not in seen
+
+
+@pytest.mark.parametrize("name", [
+    "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Ssl", "X-Forwarded-Server", "X_Forwarded_Port",
+    "X-Client-IP", "True-Client-IP", "True_Client_IP", "X-Original-URL", "X-Rewrite-URL", "x-real-ip",
+])
+def test_every_client_forwarding_header_is_stripped(proxy, ctx, name):
+    """A client must not tell Django where it is or what it asked for: the whole family goes."""
+    with RawConn(proxy.port, ctx) as c:
+        c.send(request_bytes("GET", "/api/echo", [(name, "/admin/evil")], host=f"localhost:{proxy.port}"))
+        seen = c.read_response().json()["headers"]
+    meta = "HTTP_" + name.upper().replace("-", "_")
+    assert meta not in seen
+    assert not any(v == "/admin/evil" for v in seen.values())

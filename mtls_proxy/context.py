@@ -1,0 +1,114 @@
+"""What a frontend needs of its server, without the server: the current state, the upstream
+pool, whether it drains, and the registry of open connections that are re-judged when the
+state changes or when a certificate or CRL of one of them expires.
+
+Frontends import this module, the server builds it: no import cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from mtls_proxy.state import RuntimeState
+    from mtls_proxy.upstream import UpstreamPool
+
+#: the longest a re-judge timer is armed for; a later instant is reached in steps (timers stay small)
+_MAX_TIMER = 86400.0
+
+
+class OpenConnection(Protocol):
+    """What the registry asks of a client connection (any protocol)."""
+
+    def rejudge(self, now: float) -> float:
+        """Judge the connection's peer by the current state; returns when to do it again (epoch, or inf)."""
+        ...
+
+    def start_drain(self) -> None: ...
+    def drained(self) -> bool: ...
+    def abort(self) -> None: ...
+
+
+class ServerContext:
+    """The server as its connections see it. ``state`` is replaced in one assignment on reload."""
+
+    def __init__(self, state: RuntimeState, pool: UpstreamPool, loop: asyncio.AbstractEventLoop) -> None:
+        self.state = state
+        self.pool = pool
+        self.loop = loop
+        self.draining = False
+        self.connections: set[OpenConnection] = set()
+        #: re-judge instants (epoch seconds) -> the connections whose standing may change then
+        self._due: dict[float, set[OpenConnection]] = {}
+        self._handles: dict[float, asyncio.TimerHandle] = {}
+        self._instant_of: dict[OpenConnection, float] = {}
+        #: told when a connection closes (the server's accept loop waits for a free slot)
+        self.on_closed: Callable[[], None] = lambda: None
+
+    # --- the registry -------------------------------------------------------------------------------------
+    def opened(self, conn: OpenConnection, rejudge_at: float) -> None:
+        self.connections.add(conn)
+        self._schedule(conn, rejudge_at)
+        if self.draining:
+            conn.start_drain()
+
+    def closed(self, conn: OpenConnection) -> None:
+        self.connections.discard(conn)
+        self._unschedule(conn)
+        self.on_closed()
+
+    def rejudge_all(self) -> None:
+        """After a reload: every open connection is judged by the new state at once."""
+        now = time.time()
+        for conn in list(self.connections):
+            self._schedule(conn, conn.rejudge(now))
+
+    # --- timers, one per distinct instant -----------------------------------------------------------------
+    def _schedule(self, conn: OpenConnection, instant: float) -> None:
+        self._unschedule(conn)
+        if instant == float("inf") or conn not in self.connections:
+            return
+        self._instant_of[conn] = instant
+        bucket = self._due.get(instant)
+        if bucket is None:
+            bucket = self._due[instant] = set()
+            delay = min(max(instant - time.time(), 0.0), _MAX_TIMER)
+            self._handles[instant] = self.loop.call_later(delay, self._fire, instant)
+        bucket.add(conn)
+
+    def _unschedule(self, conn: OpenConnection) -> None:
+        instant = self._instant_of.pop(conn, None)
+        if instant is None:
+            return
+        bucket = self._due.get(instant)
+        if bucket is not None:
+            bucket.discard(conn)
+            if not bucket:
+                del self._due[instant]
+                handle = self._handles.pop(instant, None)
+                if handle is not None:
+                    handle.cancel()
+
+    def _fire(self, instant: float) -> None:
+        self._handles.pop(instant, None)
+        bucket = self._due.pop(instant, set())
+        now = time.time()
+        for conn in bucket:
+            self._instant_of.pop(conn, None)
+        for conn in bucket:
+            if conn not in self.connections:
+                continue
+            if now < instant:  # a far instant reached in steps of _MAX_TIMER
+                self._schedule(conn, instant)
+            else:
+                self._schedule(conn, conn.rejudge(now))
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.cancel()
+        self._handles.clear()
+        self._due.clear()
+        self._instant_of.clear()
