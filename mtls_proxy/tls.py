@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ssl
 
+from cryptography import x509
+
 from mtls_proxy.config import TlsSettings
 
 _MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -44,11 +46,19 @@ def build_server_context(tls: TlsSettings) -> ssl.SSLContext:
         for crl in tls.crl:
             ctx.load_verify_locations(cafile=str(crl))
         # Leaf check against the issuing CA's CRL; a missing or expired CRL fails the handshake (closed).
-        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        # When every configured CA has its CRL, the whole chain is checked (an intermediate revoked by the
+        # root's CRL fails the handshake); otherwise judge() still refuses it per request (ca_revoked).
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN if _every_ca_has_a_crl(tls) else ssl.VERIFY_CRL_CHECK_LEAF
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.sni_callback = _remember_sni
     return ctx
+
+
+def _every_ca_has_a_crl(tls: TlsSettings) -> bool:
+    cas = [c for p in tls.client_ca for c in x509.load_pem_x509_certificates(p.read_bytes())]
+    issuers = {x509.load_pem_x509_crl(p.read_bytes()).issuer for p in tls.crl}
+    return len(cas) > 1 and all(c.subject in issuers for c in cas)
 
 
 def classify_handshake_error(exc: BaseException) -> str:
