@@ -105,6 +105,12 @@ class Limits:
     tunnel_idle_timeout: float = 600.0
     #: a WebSocket tunnel is closed this long after it opened, whatever its traffic
     tunnel_max_lifetime: float = 86400.0
+    #: TLS handshakes in progress, counted apart from max_connections; past it new sockets are closed at once
+    max_handshakes: int = 512
+    #: handshakes in progress from one client address; past it that address's new sockets are closed at once
+    max_handshakes_per_address: int = 64
+    #: a new connection must send its first TLS bytes within this (the rest of tls.handshake_timeout follows)
+    first_byte_timeout: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -424,8 +430,9 @@ def _parse_reload(loader: _Loader, raw: Any) -> ReloadSettings:
 _LIMIT_SIZES = ("max_head_size", "max_body_size")
 _LIMIT_DURATIONS = ("head_timeout", "idle_timeout", "body_timeout", "upstream_connect_timeout",
                     "upstream_read_timeout", "upstream_idle_timeout", "drain_timeout", "send_timeout",
-                    "tunnel_idle_timeout", "tunnel_max_lifetime")
-_LIMIT_INTS = ("upstream_max_idle", "max_connections", "max_pipelined")
+                    "tunnel_idle_timeout", "tunnel_max_lifetime", "first_byte_timeout")
+_LIMIT_INTS = ("upstream_max_idle", "max_connections", "max_pipelined", "max_handshakes",
+               "max_handshakes_per_address")
 
 
 def _parse_limits(loader: _Loader, raw: Any) -> Limits:
@@ -438,7 +445,7 @@ def _parse_limits(loader: _Loader, raw: Any) -> Limits:
         values[k] = loader.converted(d, k, "limits", parse_duration, getattr(defaults, k))
     for k in _LIMIT_INTS:
         v = loader.typed(d, k, "limits", int, getattr(defaults, k))
-        if v < 0 or (k in ("max_connections", "max_pipelined") and v == 0):
+        if v < 0 or (k != "upstream_max_idle" and v == 0):
             loader.problem(f"limits.{k}", "must be positive")
         values[k] = v
     if values["max_head_size"] < 1024:

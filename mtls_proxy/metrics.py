@@ -37,6 +37,11 @@ HANDSHAKE_FAILURES = Counter("mtls_proxy_tls_handshake_failures", "TLS handshake
 DENIALS = Counter("mtls_proxy_policy_denials", "Requests refused by policy or validation, by reason", ["reason"])
 UPSTREAM_ERRORS = Counter("mtls_proxy_upstream_errors", "Upstream failures, by kind (connect, timeout, reset)",
                           ["kind"])
+HANDSHAKES_IN_PROGRESS = Gauge("mtls_proxy_tls_handshakes_in_progress", "TLS handshakes under way",
+                               multiprocess_mode="livesum")
+HANDSHAKES_REJECTED = Counter("mtls_proxy_connections_refused_before_handshake",
+                              "New sockets closed at once because the handshake budget was used up, by reason",
+                              ["reason"])
 TUNNEL_CLOSES = Counter("mtls_proxy_tunnel_closes", "WebSocket tunnels closed, by cause", ["cause"])
 REJUDGED = Counter("mtls_proxy_connections_refused_on_rejudge",
                    "Open connections whose client a reload or an expiry made refused, by reason", ["reason"])
@@ -104,6 +109,10 @@ def upstream_error(reason: str) -> None:
     kind = UPSTREAM_KINDS.get(reason)
     if kind is not None:
         _cached(_upstream_children, UPSTREAM_ERRORS, kind).inc()
+
+
+def handshake_rejected(reason: str) -> None:
+    HANDSHAKES_REJECTED.labels(reason).inc()
 
 
 def tunnel_closed(cause: str) -> None:

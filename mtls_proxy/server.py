@@ -17,8 +17,8 @@ import logging
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from mtls_proxy import metrics
 from mtls_proxy.admin import start_admin, upstream_reachable
@@ -87,6 +87,9 @@ class ProxyServer:
         self.config_path = config_path
         self.loop = loop
         self.handshaking = 0
+        self._handshakes_by_address: dict[str, int] = {}
+        #: handshaken connections waiting for a max_connections slot, in arrival order
+        self._held: deque[TlsServerConnection] = deque()
         self.sockets: list[socket.socket] = []
         self._accept_tasks: list[asyncio.Task[None]] = []
         self._slot_free = asyncio.Event()
@@ -115,8 +118,9 @@ class ProxyServer:
     async def _accept_loop(self, sock: socket.socket) -> None:
         loop = self.loop
         while not self.draining:
-            limit = self.state.settings.limits.max_connections
-            while len(self.ctx.connections) + self.handshaking >= limit:
+            # Established connections only: handshakes have their own budget below, so sockets that
+            # never finish (or never start) a handshake cannot take the slots of devices.
+            while len(self.ctx.connections) + len(self._held) >= self.state.settings.limits.max_connections:
                 self._slot_free.clear()
                 await self._slot_free.wait()
             try:
@@ -132,43 +136,76 @@ class ProxyServer:
                 if self.draining:
                     return
                 raise
+            address = addr[0] if isinstance(addr, tuple) else str(addr)
+            refusal = self._handshake_refusal(address)
+            if refusal is not None:
+                conn.close()
+                metrics.handshake_rejected(refusal)
+                if self._handshake_log.allow(loop.time()):
+                    log.warning("connection refused before the handshake: client=%s reason=%s", address, refusal)
+                continue
             self.handshaking += 1
+            self._handshakes_by_address[address] = self._handshakes_by_address.get(address, 0) + 1
+            metrics.HANDSHAKES_IN_PROGRESS.inc()
             try:
-                await loop.connect_accepted_socket(functools.partial(self._tls_for, addr), conn)
+                await loop.connect_accepted_socket(functools.partial(self._tls_for, address), conn)
             except OSError as exc:  # the socket died between accept and here
                 conn.close()
-                self._handshake_failed(addr, exc)
+                self._handshake_failed(address, exc)
 
-    def _tls_for(self, addr: Any) -> TlsServerConnection:
+    def _handshake_refusal(self, address: str) -> str | None:
+        """Why a new socket gets no handshake slot (closed at once), or None."""
+        limits = self.state.settings.limits
+        if self.handshaking >= limits.max_handshakes:
+            return "handshake_budget"
+        if self._handshakes_by_address.get(address, 0) >= limits.max_handshakes_per_address:
+            return "handshakes_per_address"
+        return None
+
+    def _handshake_ended(self, address: str) -> None:
+        self.handshaking -= 1
+        metrics.HANDSHAKES_IN_PROGRESS.dec()
+        left = self._handshakes_by_address.get(address, 1) - 1
+        if left > 0:
+            self._handshakes_by_address[address] = left
+        else:
+            self._handshakes_by_address.pop(address, None)
+        self._slot_free.set()
+
+    def _tls_for(self, address: str) -> TlsServerConnection:
         """TLS with the context current at accept time: a reload applies to every new connection."""
         state = self.state
         return TlsServerConnection(
             state.ssl_context,
             lambda: Http1Connection(self.ctx),
             state.settings.tls.handshake_timeout,
-            self._handshake_done,
-            lambda exc: self._handshake_failed(addr, exc),
+            lambda tls: self._handshake_done(address, tls),
+            lambda exc: self._handshake_failed(address, exc),
             self.loop,
+            first_byte_timeout=state.settings.limits.first_byte_timeout,
         )
 
-    def _handshake_done(self) -> None:
-        self.handshaking -= 1
+    def _handshake_done(self, address: str, tls: TlsServerConnection) -> bool:
+        """Admit the connection now, or hold it (handshake done) until an established one closes."""
+        self._handshake_ended(address)
         metrics.HANDSHAKES.inc()
-        self._slot_free.set()
+        if len(self.ctx.connections) < self.state.settings.limits.max_connections and not self._held:
+            return True
+        self._held.append(tls)
+        return False
 
-    def _handshake_failed(self, addr: Any, exc: BaseException) -> None:
-        self.handshaking -= 1
-        self._slot_free.set()
+    def _handshake_failed(self, address: str, exc: BaseException) -> None:
+        self._handshake_ended(address)
         reason = classify_handshake_error(exc)
         metrics.handshake_failed(reason)
         if self._handshake_log.allow(self.loop.time()):
-            log.warning(
-                "tls handshake failed: client=%s reason=%s detail=%s",
-                addr[0] if isinstance(addr, tuple) else addr, reason, exc,
-            )
+            log.warning("tls handshake failed: client=%s reason=%s detail=%s", address, reason, exc)
 
     def _connection_closed(self) -> None:
         self._slot_free.set()
+        limit = self.state.settings.limits.max_connections
+        while self._held and len(self.ctx.connections) < limit:
+            self._held.popleft().admit()
 
     # --- reload ------------------------------------------------------------------------------------------------
     def request_reload(self) -> None:
@@ -249,6 +286,9 @@ class ProxyServer:
             task.cancel()
         for sock in self.sockets:
             sock.close()
+        for held in self._held:
+            held.abort()  # handshaken but never admitted: nothing in progress to finish
+        self._held.clear()
         for conn in list(connections):
             conn.start_drain()
         deadline = self.loop.time() + timeout

@@ -13,6 +13,7 @@ import ssl
 from cryptography import x509
 
 from mtls_proxy.config import TlsSettings
+from mtls_proxy.tlsconn import FirstByteTimeout
 
 _MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -101,6 +102,8 @@ def classify_handshake_error(exc: BaseException) -> str:
         if "HTTP_REQUEST" in reason or "WRONG_VERSION_NUMBER" in reason:
             return "not_tls"
         return "tls_error"
+    if isinstance(exc, FirstByteTimeout):
+        return "first_byte_timeout"
     if isinstance(exc, TimeoutError):
         return "handshake_timeout"
     if isinstance(exc, (ConnectionError, EOFError)):

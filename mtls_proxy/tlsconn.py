@@ -20,12 +20,16 @@ from typing import Any
 _READ_SIZE = 16384  # one TLS record carries at most 16 KiB of plaintext
 
 
+class FirstByteTimeout(TimeoutError):
+    """The client connected but sent nothing (an idle socket holding a handshake slot)."""
+
+
 class TlsServerConnection(asyncio.Protocol):
     """TLS for one accepted TCP connection; after the handshake it is the app protocol's transport."""
 
     __slots__ = (
-        "_app", "_app_factory", "_closing", "_done", "_in", "_loop", "_on_failure", "_on_success", "_out",
-        "_paused", "_raw", "_ssl", "_timer",
+        "_app", "_app_factory", "_closing", "_done", "_handshake_deadline", "_in", "_loop", "_on_failure",
+        "_on_success", "_out", "_paused", "_raw", "_ssl", "_started", "_timer",
     )
 
     def __init__(
@@ -33,9 +37,10 @@ class TlsServerConnection(asyncio.Protocol):
         context: ssl.SSLContext,
         app_factory: Callable[[], asyncio.Protocol],
         handshake_timeout: float,
-        on_success: Callable[[], None],
+        on_success: Callable[[TlsServerConnection], bool],
         on_failure: Callable[[BaseException], None],
         loop: asyncio.AbstractEventLoop,
+        first_byte_timeout: float | None = None,
     ) -> None:
         self._loop = loop
         self._in = ssl.MemoryBIO()
@@ -49,7 +54,10 @@ class TlsServerConnection(asyncio.Protocol):
         self._done = False  # the handshake finished (or failed): the callbacks were called
         self._closing = False
         self._paused = False
-        self._timer: asyncio.TimerHandle | None = loop.call_later(handshake_timeout, self._handshake_timeout)
+        self._handshake_deadline = loop.time() + handshake_timeout
+        first = handshake_timeout if first_byte_timeout is None else min(first_byte_timeout, handshake_timeout)
+        self._timer: asyncio.TimerHandle | None = loop.call_later(first, self._first_byte_timeout)
+        self._started = False  # the client sent its first bytes
 
     # --- the TCP side ----------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -62,7 +70,12 @@ class TlsServerConnection(asyncio.Protocol):
         self._in.write(data)
         if self._app is None:
             if self._done:
-                return  # failed handshake: the alert is on its way, nothing more is read
+                return  # failed handshake (the alert is on its way) or held until admitted
+            if not self._started:
+                self._started = True
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = self._loop.call_at(self._handshake_deadline, self._handshake_timeout)
             self._handshake()
             if self._app is None:
                 return
@@ -107,10 +120,22 @@ class TlsServerConnection(asyncio.Protocol):
             self._timer = None
         self._done = True
         self._flush()  # Finished and the session ticket
-        self._on_success()
+        if self._on_success(self):
+            self.admit()
+        elif self._raw is not None:
+            self._raw.pause_reading()  # over max_connections: held, handshake done, until admit()
+
+    def admit(self) -> None:
+        """Hand the connection to its application protocol (at once, or when a connection slot frees)."""
+        if self._app is not None or self._closing or self._raw is None or self._raw.is_closing():
+            return
         app = self._app_factory()
         self._app = app
         app.connection_made(self)  # type: ignore[arg-type]  # duck-typed: the Transport methods below
+        if not self._paused:
+            self._raw.resume_reading()
+            if self._in.pending or self._ssl.pending():
+                self._read_app()  # bytes that came while it was held
 
     def _fail(self, exc: BaseException) -> None:
         """A refused handshake: send OpenSSL's alert (the client learns why), then close."""
@@ -123,6 +148,13 @@ class TlsServerConnection(asyncio.Protocol):
         self._closing = True
         if self._raw is not None:
             self._raw.close()
+
+    def _first_byte_timeout(self) -> None:
+        self._timer = None
+        if self._started:  # the first bytes came: the whole handshake's deadline applies
+            self._timer = self._loop.call_at(self._handshake_deadline, self._handshake_timeout)
+        elif not self._done:
+            self._fail(FirstByteTimeout("no TLS bytes from the client in time"))
 
     def _handshake_timeout(self) -> None:
         self._timer = None
