@@ -453,7 +453,7 @@ class ClientConnection(asyncio.Protocol):
             return
         raw_path, _ = split_target(ex.target)
         try:
-            path = normalize_path(raw_path)
+            path = normalize_path(raw_path, limits.max_path_length, limits.max_path_segments)
         except AmbiguousPath as exc:
             ex.refusal = BadRequest(f"ambiguous path: {exc.reason}", exc.reason)
             return
