@@ -101,4 +101,5 @@ def test_worst_glob_against_16k_path_answered_while_another_client_stays_fast(st
     # the bystander shares the process (one worker, one event loop) with the attacker
     assert max(during) < 0.5, during
     assert statistics.median(during) < 3 * statistics.median(baseline) + 0.02, (baseline, during)
-    proxy.wait_for_log(rf"cn=glob-attacker .* path=/api/files/versions\S* status={status} .* reason={reason}", timeout=5)
+    proxy.wait_for_log(rf"cn=glob-attacker .* path=/api/files/versions\S* status={status} .* reason={reason}",
+                       timeout=5)
