@@ -116,6 +116,17 @@ class Glob:
     def __hash__(self) -> int:
         return hash((self.pattern, self.separator))
 
+    @property
+    def literal_prefix(self) -> str:
+        """What every match starts with: the characters before the first wildcard."""
+        cut = min((i for i in (self.pattern.find("*"), self.pattern.find("?")) if i >= 0), default=len(self.pattern))
+        return self.pattern[:cut]
+
+    @property
+    def is_prefix(self) -> bool:
+        """``L**``: matches exactly the strings that start with ``L``."""
+        return self.pattern == self.literal_prefix + "**"
+
     def _state_id(self, states: frozenset[int]) -> int:
         sid = self._ids.get(states)
         if sid is None:

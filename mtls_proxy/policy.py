@@ -9,8 +9,14 @@ client CA (the TLS layer already proved that).
 
 Path patterns are matched against :func:`mtls_proxy.paths.normalize_path` output:
 ``/api/`` (ends with ``/``) is a prefix and also matches ``/api``; a pattern with
-``*`` is a glob (``*`` within one segment, ``**`` across segments); anything else
-is an exact path. No asyncio or I/O here, so it is tested without sockets.
+``*`` or ``?`` is a glob (``*`` and ``?`` within one segment, ``**`` across segments,
+matched in linear time by :mod:`mtls_proxy.globs`); anything else is an exact path.
+An exact path or glob also matches the path with one trailing slash (``/api/x`` matches
+``/api/x/``), because Django may route both to the same view (``APPEND_SLASH``, or a
+pattern that takes either): a deny on ``/api/x`` must not be dodged by a slash. The
+reverse already holds for prefixes (``/api/x/`` matches ``/api/x``). ``methods: [GET]``
+also matches HEAD, because Django answers HEAD with the GET view. No asyncio or I/O
+here, so it is tested without sockets.
 """
 
 from __future__ import annotations
@@ -122,6 +128,10 @@ class PathMatcher:
     globs: tuple[Glob, ...]
 
     def matches(self, path: str) -> bool:
+        """The path, or the path without one trailing slash, matches a pattern."""
+        return self._matches(path) or (len(path) > 1 and path.endswith("/") and self._matches(path[:-1]))
+
+    def _matches(self, path: str) -> bool:
         if path in self.exact:
             return True
         for p in self.prefixes:
@@ -393,7 +403,7 @@ def compile_policy(
             for m in ms:
                 if m not in HTTP_METHODS:
                     problems.add(f"{rpath}.methods", f"unknown HTTP method {m!r}")
-            methods = frozenset(ms)
+            methods = frozenset(ms) | ({"HEAD"} if "GET" in ms else set())  # Django serves HEAD with GET
         paths = _compile_paths(r["paths"], f"{rpath}.paths", problems) if "paths" in r else None
         action = r.get("action", "allow")
         if action not in ("allow", "deny"):
