@@ -11,9 +11,11 @@ in the path (about 8x per doubling at three ``.*``), so one request can freeze a
 the pattern is a list of tokens and the matcher runs the NFA whose states are the token
 positions, on all of its active states at once (Thompson's construction): one pass over the
 subject, at most ``len(tokens) + 1`` states per character, never a step back. State sets seen
-are memoised as DFA transitions (RE2's lazy DFA), so the usual cost is one dict lookup per
-character; the memo is bounded, and past the bound transitions are computed without being
-stored, which keeps the same linear bound. Pure: the memo only caches what the NFA computes.
+are memoised as DFA transitions (RE2's lazy DFA) per character class (the pattern's literals,
+the separator, everything else), so the usual cost is two lookups per character and the memo's
+size depends on the pattern alone; it is bounded, and past the bound transitions are computed
+without being stored, which keeps the same linear bound. Pure: the memo only caches what the
+NFA computes.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ _ONE = 1  # ``?``: one character other than the separator
 _STAR = 2  # ``*``: any run of characters other than the separator
 _ANY = 3  # ``**``: any run of characters
 
-#: transitions memoised per glob; past it the NFA is run without storing (still linear)
+#: transitions memoised per glob (a few KiB); past it the NFA runs without storing (still linear)
 MEMO_LIMIT = 4096
 
 _Tokens = tuple[tuple[int, str], ...]
@@ -93,22 +95,29 @@ class Glob:
     #: transitions stored at most (0: run the NFA on every character; the linear bound holds either way)
     memo_limit: int = MEMO_LIMIT
     tokens: _Tokens = field(init=False)
-    # DFA memo: state id -> {character: next state id}; state ids index ``_sets`` and ``_accepting``
+    # Characters the pattern tells apart (its literals and the separator) each have a class; all
+    # others share the last one, so the memo's size depends on the pattern, never on the subject.
+    _classes: dict[str, int] = field(init=False, repr=False)
+    _representatives: tuple[str, ...] = field(init=False, repr=False)  # "" stands for "any other"
+    # DFA memo: state id -> next state id per class (-1: not computed yet); ids index _sets, _accepting
     _sets: list[frozenset[int]] = field(init=False, repr=False)
     _ids: dict[frozenset[int], int] = field(init=False, repr=False)
     _accepting: list[bool] = field(init=False, repr=False)
-    _delta: list[dict[str, int]] = field(init=False, repr=False)
+    _delta: list[list[int]] = field(init=False, repr=False)
     _memoised: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.tokens = tokenize(self.pattern)
+        known = sorted({lit for kind, lit in self.tokens if kind == _LITERAL} | set(self.separator or ""))
+        self._classes = {ch: i for i, ch in enumerate(known)}
+        self._representatives = (*known, "")
         self._sets = []
         self._ids = {}
         self._accepting = []
         self._delta = []
         self._memoised = 0
         self._state_id(_closure(self.tokens, {0}))  # id 0: the start
-        self._state_id(frozenset())  # id 1: dead
+        self._state_id(frozenset())  # id 1: dead, no match possible any more
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Glob) and (self.pattern, self.separator) == (other.pattern, other.separator)
@@ -127,6 +136,11 @@ class Glob:
         """``L**``: matches exactly the strings that start with ``L``."""
         return self.pattern == self.literal_prefix + "**"
 
+    @property
+    def memoised(self) -> int:
+        """Transitions computed and stored so far (bounded by ``memo_limit``)."""
+        return self._memoised
+
     def _state_id(self, states: frozenset[int]) -> int:
         sid = self._ids.get(states)
         if sid is None:
@@ -134,19 +148,20 @@ class Glob:
             self._ids[states] = sid
             self._sets.append(states)
             self._accepting.append(len(self.tokens) in states)
-            self._delta.append({})
+            self._delta.append([-1] * len(self._representatives))
         return sid
 
     def fullmatch(self, subject: str) -> bool:
         sid = 0
-        delta = self._delta
+        delta, classes, other = self._delta, self._classes, len(self._representatives) - 1
         for pos, ch in enumerate(subject):
-            nxt = delta[sid].get(ch)
-            if nxt is None:
+            cls = classes.get(ch, other)
+            nxt = delta[sid][cls]
+            if nxt < 0:
                 if self._memoised >= self.memo_limit:
                     return self._run_uncached(self._sets[sid], subject, pos)
-                nxt = self._state_id(_step(self.tokens, self.separator, self._sets[sid], ch))
-                delta[sid][ch] = nxt
+                nxt = self._state_id(_step(self.tokens, self.separator, self._sets[sid], self._representatives[cls]))
+                delta[sid][cls] = nxt
                 self._memoised += 1
             if nxt == 1:
                 return False
