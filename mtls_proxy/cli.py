@@ -114,6 +114,8 @@ async def _run_worker(args: argparse.Namespace, state: RuntimeState) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 1 on any problem; warnings (a config that loads but surprises) go to stderr, exit 0."""
+    from mtls_proxy.policy_check import unreachable_denies
     from mtls_proxy.state import load_state
 
     try:
@@ -121,6 +123,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
+    for warning in unreachable_denies(state.policy):
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     s = state.settings
     revoked = len(state.trust.revoked)
     print(

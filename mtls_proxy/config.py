@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mtls_proxy.errors import ConfigError, ConfigProblem
+from mtls_proxy.paths import MAX_PATH_LENGTH, MAX_PATH_SEGMENTS
 from mtls_proxy.policy import Policy, compile_policy
 
 
@@ -111,6 +112,8 @@ class Limits:
     max_handshakes_per_address: int = 64
     #: a new connection must send its first TLS bytes within this (the rest of tls.handshake_timeout follows)
     first_byte_timeout: float = 3.0
+    max_path_length: int = MAX_PATH_LENGTH
+    max_path_segments: int = MAX_PATH_SEGMENTS
 
 
 @dataclass(frozen=True)
@@ -427,12 +430,14 @@ def _parse_reload(loader: _Loader, raw: Any) -> ReloadSettings:
     )
 
 
-_LIMIT_SIZES = ("max_head_size", "max_body_size")
+_LIMIT_SIZES = ("max_head_size", "max_body_size", "max_path_length")
 _LIMIT_DURATIONS = ("head_timeout", "idle_timeout", "body_timeout", "upstream_connect_timeout",
                     "upstream_read_timeout", "upstream_idle_timeout", "drain_timeout", "send_timeout",
                     "tunnel_idle_timeout", "tunnel_max_lifetime", "first_byte_timeout")
 _LIMIT_INTS = ("upstream_max_idle", "max_connections", "max_pipelined", "max_handshakes",
-               "max_handshakes_per_address")
+               "max_handshakes_per_address", "max_path_segments")
+_LIMIT_NONZERO = ("max_connections", "max_path_length", "max_path_segments", "max_pipelined", "max_handshakes",
+                  "max_handshakes_per_address")
 
 
 def _parse_limits(loader: _Loader, raw: Any) -> Limits:
@@ -445,9 +450,12 @@ def _parse_limits(loader: _Loader, raw: Any) -> Limits:
         values[k] = loader.converted(d, k, "limits", parse_duration, getattr(defaults, k))
     for k in _LIMIT_INTS:
         v = loader.typed(d, k, "limits", int, getattr(defaults, k))
-        if v < 0 or (k != "upstream_max_idle" and v == 0):
+        if v < 0:
             loader.problem(f"limits.{k}", "must be positive")
         values[k] = v
+    for k in _LIMIT_NONZERO:
+        if values[k] == 0:
+            loader.problem(f"limits.{k}", "must be positive")
     if values["max_head_size"] < 1024:
         loader.problem("limits.max_head_size", "must be at least 1024 bytes")
     return Limits(**values)

@@ -5,7 +5,9 @@ once (as ASGI/WSGI servers do before Django sees ``path_info``), dot-segments
 removed and repeated slashes merged (so ``/api/../admin`` and ``//admin`` are judged
 as ``/admin``). Anything a server or framework could read two ways is refused:
 encoded ``/`` or ``\\``, NUL and control bytes, broken percent-encoding, invalid
-UTF-8. Pure functions, no I/O.
+UTF-8. Too long a path, or one with too many segments, is refused before any of that, so the
+cost of every later step (decoding, policy matching on both readings) is bounded. Pure
+functions, no I/O.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from __future__ import annotations
 import re
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+
+#: defaults of ``limits.max_path_length`` (bytes of the raw path, query excluded) and
+#: ``limits.max_path_segments`` ('/' characters in the raw path): far above what an API routes,
+#: low enough that matching stays cheap.
+MAX_PATH_LENGTH = 8 * 1024
+MAX_PATH_SEGMENTS = 256
 
 
 class AmbiguousPath(ValueError):
@@ -77,8 +85,18 @@ _PLAIN = re.compile(rb"/[A-Za-z0-9\-_~!$&'()*+,;=:@/.]*")
 _DOTS = re.compile(rb"//|/\.\.?(?:/|$)")
 
 
-def normalize_path(raw_path: bytes) -> str:
-    """The routed path for policy decisions, or :class:`AmbiguousPath`."""
+def normalize_path(
+    raw_path: bytes, max_length: int = MAX_PATH_LENGTH, max_segments: int = MAX_PATH_SEGMENTS
+) -> str:
+    """The routed path for policy decisions, or :class:`AmbiguousPath`.
+
+    The caps are on the raw path (what the upstream also routes, dot-segments kept): over
+    ``max_length`` bytes is ``path_too_long``, over ``max_segments`` '/' is ``too_many_segments``.
+    """
+    if len(raw_path) > max_length:
+        raise AmbiguousPath("path_too_long")
+    if raw_path.count(b"/") > max_segments:
+        raise AmbiguousPath("too_many_segments")
     if _PLAIN.fullmatch(raw_path) and not _DOTS.search(raw_path):
         return raw_path.decode("ascii")  # the per-request fast path: nothing to decode or remove
     if not raw_path.startswith(b"/"):

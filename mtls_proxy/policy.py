@@ -9,8 +9,14 @@ client CA (the TLS layer already proved that).
 
 Path patterns are matched against :func:`mtls_proxy.paths.normalize_path` output:
 ``/api/`` (ends with ``/``) is a prefix and also matches ``/api``; a pattern with
-``*`` is a glob (``*`` within one segment, ``**`` across segments); anything else
-is an exact path. No asyncio or I/O here, so it is tested without sockets.
+``*`` or ``?`` is a glob (``*`` and ``?`` within one segment, ``**`` across segments,
+matched in linear time by :mod:`mtls_proxy.globs`); anything else is an exact path.
+An exact path or glob also matches the path with one trailing slash (``/api/x`` matches
+``/api/x/``), because Django may route both to the same view (``APPEND_SLASH``, or a
+pattern that takes either): a deny on ``/api/x`` must not be dodged by a slash. The
+reverse already holds for prefixes (``/api/x/`` matches ``/api/x``). ``methods: [GET]``
+also matches HEAD, because Django answers HEAD with the GET view. No asyncio or I/O
+here, so it is tested without sockets.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 from mtls_proxy.certs import PeerIdentity
 from mtls_proxy.errors import ConfigProblem
+from mtls_proxy.globs import Glob, is_glob
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 SUBJECT_ATTRIBUTES = ("CN", "O", "OU", "C", "L", "ST", "emailAddress", "serialNumber")
@@ -37,42 +44,25 @@ class Decision:
     max_body_size: int | None = None
 
 
-def _glob_regex(pattern: str, any_char: str) -> re.Pattern[str]:
-    """Compile a glob where ``**`` matches anything and ``*`` matches ``any_char`` runs."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append(any_char + "*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append(any_char)
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out), re.DOTALL)
-
-
 @dataclass(frozen=True, slots=True)
 class ValueMatcher:
     """Exact values plus glob patterns, compiled once."""
 
     exact: frozenset[str]
-    globs: tuple[re.Pattern[str], ...]
+    globs: tuple[Glob, ...]
     fold_case: bool = False
 
     @classmethod
-    def compile(cls, values: Iterable[str], *, any_char: str = ".", fold_case: bool = False) -> ValueMatcher:
+    def compile(
+        cls, values: Iterable[str], *, separator: str | None = None, fold_case: bool = False
+    ) -> ValueMatcher:
+        """``separator``: the character ``*`` and ``?`` do not match (``.`` for DNS names), or none."""
         exact: set[str] = set()
-        globs: list[re.Pattern[str]] = []
+        globs: list[Glob] = []
         for v in values:
             v = v.lower() if fold_case else v
-            if "*" in v or "?" in v:
-                globs.append(_glob_regex(v, any_char))
+            if is_glob(v):
+                globs.append(Glob(v, separator))
             else:
                 exact.add(v)
         return cls(frozenset(exact), tuple(globs), fold_case)
@@ -135,9 +125,13 @@ def _peer_sans(peer: PeerIdentity, kind: str) -> tuple[str, ...]:
 class PathMatcher:
     exact: frozenset[str]
     prefixes: tuple[str, ...]
-    globs: tuple[re.Pattern[str], ...]
+    globs: tuple[Glob, ...]
 
     def matches(self, path: str) -> bool:
+        """The path, or the path without one trailing slash, matches a pattern."""
+        return self._matches(path) or (len(path) > 1 and path.endswith("/") and self._matches(path[:-1]))
+
+    def _matches(self, path: str) -> bool:
         if path in self.exact:
             return True
         for p in self.prefixes:
@@ -303,8 +297,8 @@ def _compile_client(raw: Any, path: str, problems: _Problems) -> ClientMatcher |
                 except ValueError:
                     problems.add(f"{kpath}[{i}]", f"{s!r} is not an IP address or network")
         else:
-            any_char = "[^.]" if kind == "dns" else "."
-            san.append((kind, ValueMatcher.compile(values, any_char=any_char, fold_case=kind != "uri")))
+            separator = "." if kind == "dns" else None
+            san.append((kind, ValueMatcher.compile(values, separator=separator, fold_case=kind != "uri")))
     return ClientMatcher(
         subject=_name_matchers(raw["subject"], f"{path}.subject", problems) if "subject" in raw else (),
         issuer=_name_matchers(raw["issuer"], f"{path}.issuer", problems) if "issuer" in raw else (),
@@ -321,13 +315,13 @@ def _compile_client(raw: Any, path: str, problems: _Problems) -> ClientMatcher |
 def _compile_paths(raw: Any, path: str, problems: _Problems) -> PathMatcher:
     exact: set[str] = set()
     prefixes: list[str] = []
-    globs: list[re.Pattern[str]] = []
+    globs: list[Glob] = []
     for i, p in enumerate(_str_list(raw, path, problems)):
         if not p.startswith("/"):
             problems.add(f"{path}[{i}]", f"{p!r} must start with '/'")
             continue
-        if "*" in p or "?" in p:
-            globs.append(_glob_regex(p, "[^/]"))
+        if is_glob(p):
+            globs.append(Glob(p, "/"))
         elif p.endswith("/"):
             prefixes.append(p)
             if len(p) > 1:
@@ -388,7 +382,7 @@ def compile_policy(
             for m in ms:
                 if m not in HTTP_METHODS:
                     problems.add(f"{rpath}.methods", f"unknown HTTP method {m!r}")
-            methods = frozenset(ms)
+            methods = frozenset(ms) | ({"HEAD"} if "GET" in ms else set())  # Django serves HEAD with GET
         paths = _compile_paths(r["paths"], f"{rpath}.paths", problems) if "paths" in r else None
         action = r.get("action", "allow")
         if action not in ("allow", "deny"):

@@ -167,8 +167,9 @@ def judge(head: RequestHead, conn: ConnectionFacts, state: RuntimeState, now: fl
     if reason is not None:
         return _refused(reason)
     raw_path, _ = split_target(head.target)
+    limits = state.settings.limits
     try:
-        path = normalize_path(raw_path)
+        path = normalize_path(raw_path, limits.max_path_length, limits.max_path_segments)
     except AmbiguousPath as exc:
         return _refused(exc.reason)
     host_name = authority_name(head.host)
@@ -193,7 +194,6 @@ def judge(head: RequestHead, conn: ConnectionFacts, state: RuntimeState, now: fl
             decision = routed_decision
     if not decision.allowed:
         return _refused(decision.reason, decision.rule)
-    limits = state.settings.limits
     max_body = decision.max_body_size if decision.max_body_size is not None else limits.max_body_size
     if head.content_length is not None and head.content_length > max_body:
         return _refused("body_too_large", decision.rule)

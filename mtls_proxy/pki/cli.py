@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from mtls_proxy.pki.pins import PIN_FORMATS, is_valid_host, render
-from mtls_proxy.pki.pkcs12 import P12_PROFILES
+from mtls_proxy.pki.pkcs12 import P12_PROFILES, generate_password
 from mtls_proxy.pki.store import (
     DEFAULT_CA_DAYS,
     DEFAULT_CLIENT_DAYS,
@@ -100,7 +100,8 @@ def add_pki_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     p.add_argument("--force", action="store_true", help="issue even if a valid certificate has this name (renewal)")
     p.add_argument("--p12", metavar="FILE", help="also write a PKCS#12 bundle (key, cert, client CA) to FILE")
     pw = p.add_mutually_exclusive_group()
-    pw.add_argument("--password", help="PKCS#12 password (visible in `ps`; prefer --password-file)")
+    pw.add_argument("--password", help="PKCS#12 password (visible in `ps`; prefer --password-file; with "
+                    "neither, a random one is generated and printed once)")
     pw.add_argument("--password-file", metavar="FILE", help="file holding the PKCS#12 password (first line)")
     p.add_argument(
         "--p12-profile",
@@ -200,10 +201,14 @@ def _cmd_issue_server(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_issue_client(args: argparse.Namespace, out: TextIO) -> int:
     store = _store(args)
     password: bytes | None = None
+    generated = False
     if args.password is not None:
         password = args.password.encode("utf-8")
     elif args.password_file:
         password = _read_secret(args.password_file, "PKCS#12 password")
+    elif args.p12:
+        # a random one rather than whatever the operator types; shown once below, stored nowhere
+        password, generated = generate_password().encode("ascii"), True
     result = store.issue_client(
         args.name,
         days=args.days,
@@ -219,6 +224,9 @@ def _cmd_issue_client(args: argparse.Namespace, out: TextIO) -> int:
     )
     if result.p12_path is not None:
         out.write(f"  p12:  {result.p12_path} ({args.p12_profile})\n")
+    if generated:
+        assert password is not None
+        out.write(f"  p12 password (generated; shown only now, stored nowhere): {password.decode('ascii')}\n")
     return EXIT_OK
 
 

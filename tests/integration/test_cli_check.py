@@ -108,3 +108,24 @@ def test_run_refuses_to_start_on_a_bad_config(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "upstream: required" in r.stderr and "tls: required" in r.stderr and "policy: required" in r.stderr
+
+
+def test_shadowed_deny_rule_is_a_warning_not_an_error(tmp_path, pki):
+    cfg = tmp_path / "shadowed.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "listen": "127.0.0.1:8443", "upstream": "http://127.0.0.1:8000",
+        "tls": {"cert": str(pki.server_pem), "key": str(pki.server_key), "client_ca": str(pki.ca_pem)},
+        "policy": {"rules": [
+            {"name": "api", "paths": ["/api/"], "clients": "any"},
+            {"name": "no-export", "methods": ["GET"], "paths": ["/api/export"], "action": "deny"},
+            {"name": "no-admin", "paths": ["/admin/"], "action": "deny"},
+        ]},
+    }))
+    r = run_check(cfg)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{cfg}: OK: ")
+    assert r.stderr.splitlines() == [
+        f"{cfg}: warning: policy.rules[1]: deny rule 'no-export' is unreachable: the earlier allow rule 'api' "
+        "(policy.rules[0]) matches every method and path it does, and the first matching rule decides; "
+        "move the deny rule above it"
+    ]

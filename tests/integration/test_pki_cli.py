@@ -179,9 +179,47 @@ def test_openssl_sees_the_profile_algorithms(ca_pki: Pki) -> None:
         return result.stdout + result.stderr
 
     compat = info("phone-compat")
-    assert "MAC: sha1" in compat and "pbeWithSHA1And3-KeyTripleDES-CBC, Iteration 50000" in compat
+    assert "MAC: sha1, Iteration 50000\n" in compat  # the MAC costs a guesser as much as the key does
+    assert "Shrouded Keybag: pbeWithSHA1And3-KeyTripleDES-CBC, Iteration 50000\n" in compat
     modern = info("phone-modern")
-    assert "MAC: sha256" in modern and "AES-256-CBC" in modern and "TripleDES" not in modern
+    assert "MAC: sha256, Iteration 50000\n" in modern
+    assert "Shrouded Keybag: PBES2, PBKDF2, AES-256-CBC, Iteration 50000, PRF hmacWithSHA256\n" in modern
+    assert "TripleDES" not in modern
+
+
+GENERATED = re.compile(r"^  p12 password \(generated; shown only now, stored nowhere\): ((?:[a-km-np-z2-9]{5}-){4}"
+                       r"[a-km-np-z2-9]{5})$", re.M)
+
+
+@needs_openssl
+@needs_keytool
+@pytest.mark.parametrize("profile", ["compat", "modern"])
+def test_issue_client_without_password_generates_and_prints_one_once(scratch: Pki, profile: str) -> None:
+    p12 = scratch.work / f"gen-{profile}.p12"
+    result = pki("--dir", scratch.dir, "issue-client", "--name", f"gen-{profile}", "--p12", p12,
+                 "--p12-profile", profile, cwd=scratch.work)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    printed = GENERATED.findall(result.stdout)
+    assert len(printed) == 1, result.stdout
+    password = printed[0]
+    assert result.stdout.count(password) == 1 and password not in result.stderr
+    opened = subprocess.run(["openssl", "pkcs12", "-in", str(p12), "-info", "-noout", "-passin", f"pass:{password}"],
+                            capture_output=True, text=True, timeout=60)
+    assert opened.returncode == 0, opened.stderr
+    assert "Iteration 50000" in opened.stdout + opened.stderr
+    listed = subprocess.run(["keytool", "-list", "-storetype", "PKCS12", "-keystore", str(p12), "-storepass", password],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and f"gen-{profile}, " in listed.stdout, listed.stdout + listed.stderr
+    # written nowhere: no file under the PKI directory or the working directory holds it, in any encoding
+    spellings = [password.encode(), password.encode("utf-16-be"), password.encode("utf-16-le")]
+    for root in (scratch.dir, scratch.work):
+        for f in root.rglob("*"):
+            if f.is_file():
+                data = f.read_bytes()
+                assert not any(s in data for s in spellings), f
+    second = pki("--dir", scratch.dir, "issue-client", "--name", f"gen2-{profile}", "--p12",
+                 scratch.work / f"gen2-{profile}.p12", "--p12-profile", profile, cwd=scratch.work)  # fmt: skip
+    assert GENERATED.findall(second.stdout) != printed  # a new one each time
 
 
 # -- CRL -------------------------------------------------------------------------------
@@ -304,7 +342,7 @@ BAD_ON_CA_PKI = [
     (["issue-client", "--name", "../escape"], "invalid name"),
     (["issue-client", "--name", "x", "--days", "0"], "positive"),
     (["issue-client", "--name", "x", "--days", "4000"], "outlive"),
-    (["issue-client", "--name", "x", "--p12", "x.p12"], "password"),
+    (["issue-client", "--name", "x", "--p12", "x.p12", "--password", ""], "non-empty --password"),
     (["issue-client", "--name", "x", "--p12", "no-such-dir/x.p12", "--password", "pw"], "No such file"),
     (["issue-client", "--name", "x", "--password", "pw"], "--p12"),
     (["issue-server"], "at least one"),

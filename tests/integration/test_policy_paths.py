@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -11,6 +12,7 @@ from tests.support.tlsclient import raw_exchange, status_and_body
 POLICY = {
     "rules": [
         {"name": "no-admin", "paths": ["/admin/"], "action": "deny"},
+        {"name": "no-echo-reads", "methods": ["GET"], "paths": ["/api/echo/private"], "action": "deny"},
         {"name": "api", "paths": ["/api/"], "clients": "any"},
     ]
 }
@@ -26,8 +28,8 @@ def guarded(tmp_path_factory, pki, upstream):
     factory.close()
 
 
-def send(proxy, ctx, target: str) -> tuple[int, bytes]:
-    req = f"GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+def send(proxy, ctx, target: str, method: str = "GET") -> tuple[int, bytes]:
+    req = f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
     return status_and_body(raw_exchange(proxy.port, ctx, req))
 
 
@@ -63,3 +65,22 @@ def test_allowed_path_reaches_django(guarded):
     got, body = send(proxy, ctx, "/api/files/a/b.txt")
     assert got == 200
     assert b'"rest": "a/b.txt"' in body.replace(b"\r\n", b"")
+
+
+@pytest.mark.parametrize(("method", "target", "status", "reason"), [
+    ("GET", "/api/echo/private", 403, "denied_by_rule"),
+    ("HEAD", "/api/echo/private", 403, "denied_by_rule"),  # Django would serve HEAD with the GET view
+    ("GET", "/api/echo/private/", 403, "denied_by_rule"),  # the trailing-slash form of an exact path
+    ("HEAD", "/api/echo/private//", 403, "denied_by_rule"),  # merged to the slash form first
+    ("POST", "/api/echo/private", 200, "allowed"),  # the deny names GET only
+    ("GET", "/api/echo/private/x", 200, "allowed"),  # an exact path, not a prefix
+])
+def test_get_deny_covers_head_and_the_trailing_slash(guarded, method, target, status, reason):
+    proxy, ctx = guarded
+    start = proxy.log_count()
+    got, body = send(proxy, ctx, target, method)
+    assert got == status
+    assert (body == b"") is (method == "HEAD")
+    rule = "no-echo-reads" if status == 403 else "api"
+    proxy.wait_for_log(rf"method={method} path={re.escape(target)} status={status} .* rule={rule} reason={reason}",
+                       start=start)

@@ -75,3 +75,26 @@ def test_durations(text, value):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_path_caps_are_limits(tmp_path):
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw["limits"] = {"max_path_length": "32k", "max_path_segments": 1000}
+    with pytest.raises(ConfigError) as info:  # the example's placeholders fail, the limits parse
+        settings_from_mapping(raw, tmp_path / "x.yaml")
+    assert not [p for p in info.value.problems if p.key_path.startswith("limits")]
+    assert Limits().max_path_length == 8192 and Limits().max_path_segments == 256
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("max_path_length", 0, "must be positive"),
+    ("max_path_length", "lots", "'lots' is not a size such as 1048576, '512k', '10M' or '1G'"),
+    ("max_path_segments", 0, "must be positive"),
+    ("max_path_segments", -3, "must be positive"),
+])
+def test_bad_path_caps_name_the_key(tmp_path, key, value, message):
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw["limits"] = {key: value}
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(raw, tmp_path / "x.yaml")
+    assert [p.message for p in info.value.problems if p.key_path == f"limits.{key}"] == [message]

@@ -129,3 +129,35 @@ def test_normal_form_is_clean_and_idempotent(segments: list[str]) -> None:
     assert "/../" not in result and not result.endswith("/..")
     # percent-encoding the normal form again gives the same normal form
     assert normalize_path(quote(result, safe="/").encode("ascii")) == result
+
+
+@pytest.mark.parametrize(
+    ("raw", "max_length", "max_segments", "reason"),
+    [
+        (b"/" + b"a" * 8191, 8192, 256, None),  # exactly at the length cap
+        (b"/" + b"a" * 8192, 8192, 256, "path_too_long"),
+        (b"/%61" * 3000, 8192, 4096, "path_too_long"),  # the raw bytes count, before decoding
+        (b"/a" * 256, 8192, 256, None),  # exactly at the segment cap
+        (b"/a" * 257, 8192, 256, "too_many_segments"),
+        (b"/a/.." * 200, 8192, 256, "too_many_segments"),  # dot-segments count: the upstream routes them
+        (b"/" * 300, 8192, 256, "too_many_segments"),  # empty segments too
+        (b"/a" * 5000, 8192, 256, "path_too_long"),  # the length is checked first
+        (b"/abc/d", 5, 256, "path_too_long"),
+        (b"/abc/d", 6, 1, "too_many_segments"),
+    ],
+)
+def test_length_and_segment_caps(raw: bytes, max_length: int, max_segments: int, reason: str | None) -> None:
+    if reason is None:
+        assert normalize_path(raw, max_length, max_segments)
+    else:
+        with pytest.raises(AmbiguousPath) as info:
+            normalize_path(raw, max_length, max_segments)
+        assert info.value.reason == reason
+
+
+def test_caps_have_safe_defaults() -> None:
+    assert normalize_path(b"/a" * 256) == "/a" * 256
+    with pytest.raises(AmbiguousPath, match="too_many_segments"):
+        normalize_path(b"/a" * 257)
+    with pytest.raises(AmbiguousPath, match="path_too_long"):
+        normalize_path(b"/" + b"a" * 8192)

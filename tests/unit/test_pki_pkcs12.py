@@ -95,3 +95,59 @@ def test_store_writes_the_bundle(tmp_path: Path) -> None:
     assert result.p12_path == tmp_path / "dev.p12"
     loaded = pkcs12.load_pkcs12(result.p12_path.read_bytes(), b"pw")
     assert loaded.cert is not None and loaded.cert.certificate == result.issued.cert
+
+
+def _mac_data(blob: bytes) -> tuple[bytes, bytes, int]:
+    """(MAC digest, salt, iterations) read from the PFX's MacData."""
+    from mtls_proxy.pki.pkcs12 import _children
+
+    mac_data = _children(blob, 0)[2]
+    digest_info, salt, iterations = _children(blob, mac_data[0])
+    digest = _children(blob, digest_info[0])[1]
+    return (blob[digest[1]:digest[2]], blob[salt[1]:salt[2]],
+            int.from_bytes(blob[iterations[1]:iterations[2]], "big"))
+
+
+@pytest.mark.parametrize("profile", ["compat", "modern"])
+def test_mac_iterations_equal_the_key_iterations(material: tuple[Issued, Issued], profile: str) -> None:
+    device, ca = material
+    blob = export_pkcs12(device, ca.cert, "pw", profile)
+    assert _mac_data(blob)[2] == KDF_ROUNDS == 50_000
+    assert pkcs12.load_pkcs12(blob, b"pw").cert is not None  # OpenSSL verifies the MAC on load
+
+
+@pytest.mark.parametrize(("password", "hash_name", "algorithm"), [
+    (b"pw", "sha1", pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC),
+    ("pässwörd-€-😀".encode(), "sha256", pkcs12.PBES.PBESv2SHA256AndAES256CBC),  # BMPString incl. surrogates
+    (b"x" * 70, "sha1", pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC),  # longer than a hash block
+])
+def test_remac_at_2048_reproduces_cryptography_byte_for_byte(material, password, hash_name, algorithm) -> None:
+    """Cross-check of our PKCS#12 KDF and MAC with cryptography's own (Rust) at its fixed 2048 rounds."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import PrivateFormat
+
+    from mtls_proxy.pki.pkcs12 import remac
+
+    device, ca = material
+    hash_algorithm = hashes.SHA1() if hash_name == "sha1" else hashes.SHA256()
+    encryption = (PrivateFormat.PKCS12.encryption_builder().kdf_rounds(1000).key_cert_algorithm(algorithm)
+                  .hmac_hash(hash_algorithm).build(password))
+    original = pkcs12.serialize_key_and_certificates(b"d", device.key, device.cert, [ca.cert], encryption)
+    assert _mac_data(original)[2] == 2048  # what cryptography always writes (why remac exists)
+    assert remac(original, password, 2048, hash_name) == original
+    again = remac(original, password, 50_000, hash_name)
+    assert _mac_data(again)[1:] == (_mac_data(original)[1], 50_000)
+    assert pkcs12.load_pkcs12(again, password).key is not None
+    with pytest.raises(ValueError):
+        pkcs12.load_pkcs12(remac(original, password + b"!", 50_000, hash_name), password)  # MAC by another password
+
+
+def test_generated_passwords_are_strong_and_typeable() -> None:
+    from mtls_proxy.pki.pkcs12 import generate_password
+
+    seen = {generate_password() for _ in range(200)}
+    assert len(seen) == 200
+    for pw in seen:
+        groups = pw.split("-")
+        assert [len(g) for g in groups] == [5] * 5
+        assert set("".join(groups)) <= set("abcdefghijkmnpqrstuvwxyz23456789")  # no 0/o or 1/l

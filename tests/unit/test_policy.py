@@ -140,3 +140,34 @@ def test_denylist_is_compiled_from_every_form():
     for deny in ({"serials": [format(DEVICE.serial, "x")]}, {"fingerprints": [DEVICE.fingerprint_sha256]},
                  {"spki": [DEVICE.spki_sha256]}):
         assert compile_ok({**everyone, "deny": deny}).is_denylisted(DEVICE)
+
+
+def test_get_also_matches_head_and_nothing_else():
+    """Django serves HEAD with the GET view: a deny for GET must cover HEAD, and an allow for GET too."""
+    policy = compile_ok({"rules": [
+        {"name": "no-export", "methods": ["GET"], "paths": ["/api/export"], "action": "deny"},
+        {"name": "reads", "methods": ["get"], "paths": ["/api/"], "clients": "any"},
+    ]})
+    assert policy.rules[0].methods == frozenset({"GET", "HEAD"})
+    assert policy.evaluate_rules(DEVICE, "HEAD", "/api/export").reason == "denied_by_rule"
+    assert policy.evaluate_rules(DEVICE, "HEAD", "/api/items").reason == "allowed"
+    assert policy.evaluate_rules(DEVICE, "POST", "/api/items").reason == "no_matching_rule"
+    head_only = compile_ok({"rules": [{"name": "h", "methods": ["HEAD"], "paths": ["/"], "clients": "any"}]})
+    assert head_only.evaluate_rules(DEVICE, "GET", "/x").reason == "no_matching_rule"  # not the other way round
+
+
+@pytest.mark.parametrize(("pattern", "path", "expected"), [
+    ("/api/secret", "/api/secret", True),
+    ("/api/secret", "/api/secret/", True),  # the trailing-slash form of an exact path
+    ("/api/secret", "/api/secret/x", False),
+    ("/api/secret", "/api/secre", False),
+    ("/api/*/delete", "/api/1/delete/", True),  # globs too
+    ("/api/*/delete", "/api/1/delete/x", False),
+    ("/api/?", "/api//", False),  # one slash is taken off, not more
+    ("/api/secret/", "/api/secret", True),  # the reverse: a prefix already matches without its slash
+    ("/", "/", True),
+])
+def test_trailing_slash_form(pattern, path, expected):
+    policy = compile_ok({"rules": [{"name": "no", "paths": [pattern], "action": "deny"},
+                                   {"name": "rest", "paths": ["/"], "clients": "any"}]})
+    assert (policy.evaluate_rules(DEVICE, "GET", path).rule == "no") is expected
