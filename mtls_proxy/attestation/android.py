@@ -167,7 +167,7 @@ def _facts(chain: Sequence[x509.Certificate], kd: KeyDescription | None, anchor:
 def _policy(chain: Sequence[x509.Certificate], kd: KeyDescription, challenge: bytes,
             expected_key: bytes | None, policy: AndroidPolicy) -> list[Refusal]:
     failures: list[Refusal] = []
-    hw, sw = kd.hardware_enforced, kd.software_enforced
+    hw = kd.hardware_enforced
     if kd.attestation_security_level not in HARDWARE_LEVELS:
         failures.append(Refusal(R.SECURITY_LEVEL_SOFTWARE, f"attestationSecurityLevel is "
                                 f"{kd.attestation_security_level}: the key is not in TEE or StrongBox"))
@@ -199,7 +199,6 @@ def _policy(chain: Sequence[x509.Certificate], kd: KeyDescription, challenge: by
         elif hw.os_patch_level < policy.min_os_patch_level:
             failures.append(Refusal(R.OS_PATCH_LEVEL_TOO_OLD, f"osPatchLevel {hw.os_patch_level} < "
                                     f"{policy.min_os_patch_level}"))
-    del sw
     return failures
 
 

@@ -11,6 +11,7 @@ Schema: https://source.android.com/docs/security/features/keystore/attestation#s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mtls_proxy.attestation import der
@@ -147,13 +148,19 @@ def _application_id(tlv: der.Tlv) -> AttestationApplicationId:
     return AttestationApplicationId(tuple(packages), digests)
 
 
-_READERS = {
+def _present(tlv: der.Tlv) -> bool:
+    """A boolean tag (noAuthRequired ...): present as NULL means true."""
+    der.null(tlv)
+    return True
+
+
+_READERS: dict[int, tuple[str, Callable[[der.Tlv], object]]] = {
     TAG_PURPOSE: ("purposes", _int_set),
     TAG_ALGORITHM: ("algorithm", der.integer),
     TAG_KEY_SIZE: ("key_size", der.integer),
     TAG_DIGEST: ("digests", _int_set),
     TAG_EC_CURVE: ("ec_curve", der.integer),
-    TAG_NO_AUTH_REQUIRED: ("no_auth_required", lambda t: der.null(t) is None),
+    TAG_NO_AUTH_REQUIRED: ("no_auth_required", _present),
     TAG_CREATION_DATE_TIME: ("creation_date_time", der.integer),
     TAG_ORIGIN: ("origin", lambda t: _name(ORIGINS, der.integer(t))),
     TAG_ROOT_OF_TRUST: ("root_of_trust", _root_of_trust),

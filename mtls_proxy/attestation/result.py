@@ -95,7 +95,8 @@ class Verdict:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (bytes as base64) for the CLI and for logs."""
-        facts = _jsonable(dataclasses.asdict(self.facts)) if dataclasses.is_dataclass(self.facts) else None
+        is_instance = dataclasses.is_dataclass(self.facts) and not isinstance(self.facts, type)
+        facts = _jsonable(dataclasses.asdict(self.facts)) if is_instance else None
         return {"ok": self.ok, "reasons": list(self.reasons), "details": list(self.details),
                 "skipped": list(self.skipped), "facts": facts}
 

@@ -133,7 +133,8 @@ def test_parse_matches_the_expected_parse(name: str):
 def test_the_vector_set_is_the_expected_one():
     """A vector lost in a copy would silently shrink the parametrized tests above."""
     assert len(PARSEABLE) == 19
-    assert {n.split("/")[0] for n in PARSEABLE} == {"akita", "blueline", "caiman", "marlin", "sony-xperia10-iii", "tegu"}
+    devices = {n.split("/")[0] for n in PARSEABLE}
+    assert devices == {"akita", "blueline", "caiman", "marlin", "sony-xperia10-iii", "tegu"}
 
 
 def test_unknown_tags_are_walked_past():
@@ -304,7 +305,8 @@ def test_minimum_os_patch_level():
 # -- revocation status list --
 
 def _caiman_serials() -> list[str]:
-    return [format(c.serial_number, "x") for c in x509.load_pem_x509_certificates(android("caiman/sdk36/TEE_EC_RKP").pem)]
+    certs = x509.load_pem_x509_certificates(android("caiman/sdk36/TEE_EC_RKP").pem)
+    return [format(c.serial_number, "x") for c in certs]
 
 
 def test_a_revoked_serial_refuses():
