@@ -58,6 +58,14 @@ class ValidatedPath:
     """True when the chain's last certificate is a copy of the anchor (same key), not checked further."""
 
 
+def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
 def _check_link(child: x509.Certificate, issuer: x509.Certificate, index: int) -> None:
     if child.issuer != issuer.subject:
         raise Refusal(R.CHAIN_NAME_MISMATCH, f"certificate {index}: issuer {child.issuer.rfc4514_string()!r} is "
@@ -108,15 +116,11 @@ def validate_path(certs: Sequence[x509.Certificate], anchors: Sequence[x509.Cert
         if not candidates:
             raise Refusal(R.ROOT_UNTRUSTED, f"no configured trust anchor named {top.issuer.rfc4514_string()!r}")
         path, anchor_in_chain = list(certs), False
-        issuer_of_top = candidates[0]
-        for candidate in candidates:  # several re-issues may share the name: any that verifies
-            try:
-                top.verify_directly_issued_by(candidate)
-            except (InvalidSignature, ValueError, TypeError):
-                continue
-            issuer_of_top = candidate
-            break
-        anchor = issuer_of_top
+        anchor = next((c for c in candidates if _signed_by(top, c)), None)  # re-issues may share the name
+        if anchor is None:
+            raise Refusal(R.ROOT_UNTRUSTED, f"no configured trust anchor named {top.issuer.rfc4514_string()!r} "
+                          "signed the last certificate")
+        issuer_of_top = anchor
     for index, cert in enumerate(path):
         issuer = path[index + 1] if index + 1 < len(path) else issuer_of_top
         _check_link(cert, issuer, index)
