@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from mtls_proxy.attestation import result as R
-from mtls_proxy.attestation.chain import load_pem_chain, serial_hex, spki, validate_path
+from mtls_proxy.attestation.chain import checked, load_pem_chain, serial_hex, spki, validate_path
 from mtls_proxy.attestation.keydescription import OID, PURPOSE_SIGN, KeyDescription, parse_key_description
 from mtls_proxy.attestation.result import Refusal, Verdict
 from mtls_proxy.attestation.status import REVOKED, StatusList
@@ -230,7 +230,7 @@ def verify_android(chain: bytes | Sequence[x509.Certificate], *, challenge: byte
     ``skipped``. ``software_roots``: keys known to be software roots, so a refusal says so.
     """
     try:
-        certs = list(load_pem_chain(chain) if isinstance(chain, bytes) else chain)
+        certs = load_pem_chain(chain) if isinstance(chain, bytes) else checked(chain)
     except Refusal as refusal:
         return Verdict.refuse(refusal)
     if len(certs) < 2:

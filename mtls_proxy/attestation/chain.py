@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from mtls_proxy.attestation import result as R
@@ -31,13 +31,32 @@ def serial_hex(cert: x509.Certificate) -> str:
     return format(cert.serial_number, "x")
 
 
+# what cryptography raises for a malformed certificate, now or when a lazily decoded field is read
+CERT_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion)
+SIGNATURE_ERRORS = (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm)
+
+
+def checked(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """Parse now every field the checks read: cryptography decodes names, extensions and keys lazily,
+    so a malformed field would otherwise raise in the middle of a check instead of refusing here."""
+    for i, cert in enumerate(certs):
+        try:
+            cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
+            _ = cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
+            cert.public_key()
+        except CERT_ERRORS as exc:
+            raise Refusal(R.CHAIN_UNPARSABLE, f"certificate {i}: {exc}") from None
+    return list(certs)
+
+
 def load_pem_chain(data: bytes) -> list[x509.Certificate]:
     """PEM certificates in file order; raises Refusal(chain_unparsable)."""
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
+    except CERT_ERRORS as exc:
         raise Refusal(R.CHAIN_UNPARSABLE, f"not a PEM certificate list: {exc}") from None
-    return certs
+    return checked(certs)
 
 
 def load_der_chain(items: Sequence[bytes]) -> list[x509.Certificate]:
@@ -45,9 +64,9 @@ def load_der_chain(items: Sequence[bytes]) -> list[x509.Certificate]:
     for i, item in enumerate(items):
         try:
             out.append(x509.load_der_x509_certificate(item))
-        except ValueError as exc:
+        except CERT_ERRORS as exc:
             raise Refusal(R.CHAIN_UNPARSABLE, f"certificate {i} is not DER: {exc}") from None
-    return out
+    return checked(out)
 
 
 @dataclass(frozen=True)
@@ -61,7 +80,7 @@ class ValidatedPath:
 def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         child.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError):
+    except SIGNATURE_ERRORS:
         return False
     return True
 
@@ -72,7 +91,7 @@ def _check_link(child: x509.Certificate, issuer: x509.Certificate, index: int) -
                       f"not the next certificate's subject {issuer.subject.rfc4514_string()!r}")
     try:
         child.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError) as exc:
+    except SIGNATURE_ERRORS as exc:
         raise Refusal(R.CHAIN_SIGNATURE_INVALID, f"certificate {index}: signature does not verify with its "
                       f"issuer's key ({type(exc).__name__})") from None
 

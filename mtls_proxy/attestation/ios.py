@@ -98,11 +98,16 @@ def parse_auth_data(data: bytes, *, attested: bool) -> AuthData:
     return AuthData(rp_id_hash, flags, counter, data[37:53], data[55:55 + length])
 
 
+MAX_OBJECT_BYTES = 64 * 1024  # real attestation objects are about 5 KiB, assertions 100 bytes
+
+
 def _cbor_map(data: bytes, reason: str) -> dict[Any, Any]:
+    if len(data) > MAX_OBJECT_BYTES:
+        raise Refusal(reason, f"{len(data)} bytes, more than {MAX_OBJECT_BYTES}")
     fp = io.BytesIO(data)
     try:
         value = cbor2.CBORDecoder(fp).decode()
-    except (cbor2.CBORDecodeError, ValueError, EOFError) as exc:
+    except (cbor2.CBORDecodeError, ValueError, EOFError, TypeError, OverflowError, RecursionError) as exc:
         raise Refusal(reason, f"not CBOR: {exc}") from None
     if fp.tell() != len(data):
         raise Refusal(reason, "trailing bytes after the CBOR object")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from mtls_proxy.attestation import result as R
 from mtls_proxy.attestation.android import AndroidPolicy, AppIdentity, verify_android
@@ -21,8 +19,8 @@ from mtls_proxy.attestation.keydescription import (
     parse_key_description,
 )
 from mtls_proxy.attestation.result import Refusal
-from mtls_proxy.attestation.roots import RootsError, google_hardware_roots, google_software_roots, parse_roots
-from mtls_proxy.attestation.status import StatusList, StatusListError, parse_status_list, shipped_status_list
+from mtls_proxy.attestation.roots import google_hardware_roots, google_software_roots
+from mtls_proxy.attestation.status import StatusList, parse_status_list, shipped_status_list
 from tests.support.attestation_vectors import ANDROID, AndroidVector, android, android_with_expected_parse
 
 VERIFIED_DEVICES = ["tegu/sdk36/TEE_EC_2026_ROOT", "tegu/sdk36/SB_EC_2026_ROOT",
@@ -329,26 +327,3 @@ def test_the_shipped_snapshot_merges_with_a_configured_list():
     merged = shipped_status_list().merged(StatusList({serial: "REVOKED"}))
     assert merged.status_of("2c8cdddfd5e03bfc") == "REVOKED"  # from the shipped snapshot
     assert verify(android("caiman/sdk36/TEE_EC_RKP"), status=merged).reasons == (R.SERIAL_REVOKED,)
-
-
-def test_roots_file_formats():
-    """--roots takes Google's roots.json format (a JSON array of PEM strings) or a PEM bundle."""
-    shipped = google_hardware_roots()
-    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in shipped)
-    as_json = json.dumps([c.public_bytes(serialization.Encoding.PEM).decode() for c in shipped]).encode()
-    assert [spki(c) for c in parse_roots(pem, "roots.pem")] == [spki(c) for c in shipped]
-    assert [spki(c) for c in parse_roots(as_json, "roots.json")] == [spki(c) for c in shipped]
-    assert len(shipped) == 2
-    with pytest.raises(RootsError, match=r"^roots.json: expected a JSON array of PEM strings$"):
-        parse_roots(b'[1]', "roots.json")
-    with pytest.raises(RootsError, match=r"^x.pem: no certificate"):
-        parse_roots(b"", "x.pem")
-
-
-def test_status_list_errors_name_the_file_and_key():
-    with pytest.raises(StatusListError, match=r"^s.json: entries: expected an object under the key 'entries'$"):
-        parse_status_list("{}", "s.json")
-    with pytest.raises(StatusListError, match=r"^s.json: entries.ab.status: expected one of REVOKED, SUSPENDED$"):
-        parse_status_list('{"entries": {"ab": {"status": "FINE"}}}', "s.json")
-    with pytest.raises(StatusListError, match=r"^s.json: entries.xyz: the key is not a hex serial$"):
-        parse_status_list('{"entries": {"xyz": {"status": "REVOKED"}}}', "s.json")
