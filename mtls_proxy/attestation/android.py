@@ -239,7 +239,7 @@ def verify_android(chain: bytes | Sequence[x509.Certificate], *, challenge: byte
     try:
         _check_structure(certs)
         try:
-            path = validate_path(certs, roots, at, check_leaf_validity=False, require_root_in_chain=True)
+            anchor = validate_path(certs, roots, at, check_leaf_validity=False, require_root_in_chain=True)
         except Refusal as refusal:
             if refusal.reason == R.ROOT_UNTRUSTED and spki(certs[-1]) in {spki(r) for r in software_roots}:
                 raise Refusal(R.ROOT_SOFTWARE, "the chain ends in an Android software attestation root (its "
@@ -252,7 +252,7 @@ def verify_android(chain: bytes | Sequence[x509.Certificate], *, challenge: byte
         kd = parse_key_description(ext.value)
     except Refusal as refusal:
         return Verdict.refuse(refusal, facts)
-    facts = _facts(certs, kd, path.anchor.subject.rfc4514_string())
+    facts = _facts(certs, kd, anchor.subject.rfc4514_string())
     expected = None if expected_public_key is None else _spki_of(expected_public_key)
     failures = _policy(certs, kd, challenge, expected, policy)
     return Verdict.of(failures, facts, skipped=("leaf_key",) if expected is None else ())

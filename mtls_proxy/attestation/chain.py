@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -69,14 +68,6 @@ def load_der_chain(items: Sequence[bytes]) -> list[x509.Certificate]:
     return checked(out)
 
 
-@dataclass(frozen=True)
-class ValidatedPath:
-    anchor: x509.Certificate
-    """The configured anchor the path ends in."""
-    anchor_in_chain: bool
-    """True when the chain's last certificate is a copy of the anchor (same key), not checked further."""
-
-
 def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         child.verify_directly_issued_by(issuer)
@@ -106,8 +97,9 @@ def _check_validity(cert: x509.Certificate, index: int, at: dt.datetime) -> None
 
 
 def validate_path(certs: Sequence[x509.Certificate], anchors: Sequence[x509.Certificate], at: dt.datetime, *,
-                  check_leaf_validity: bool, require_root_in_chain: bool) -> ValidatedPath:
-    """Names chain, signatures verify and dates hold at ``at`` from the leaf up to a trusted anchor.
+                  check_leaf_validity: bool, require_root_in_chain: bool) -> x509.Certificate:
+    """Names chain, signatures verify and dates hold at ``at`` from the leaf up to a trusted anchor;
+    returns the configured anchor the path ends in.
 
     ``check_leaf_validity`` is False for Android: the leaf's dates are written by the device (clock
     skew, tampering). ``require_root_in_chain``: Android chains end in a self-issued root (Google's
@@ -127,14 +119,14 @@ def validate_path(certs: Sequence[x509.Certificate], anchors: Sequence[x509.Cert
         if anchor is None:
             raise Refusal(R.ROOT_UNTRUSTED, f"root {top.subject.rfc4514_string()!r} has a key that is not a "
                           "configured trust anchor")
-        path, issuer_of_top, anchor_in_chain = list(certs[:-1]), top, True
+        path, issuer_of_top = list(certs[:-1]), top  # the copy has the anchor's key: not checked further
     else:
         if top_self_issued:  # a lone self-signed certificate: nothing attested
             raise Refusal(R.CHAIN_TOO_SHORT, "a single self-issued certificate")
         candidates = [a for a in anchors if a.subject == top.issuer]
         if not candidates:
             raise Refusal(R.ROOT_UNTRUSTED, f"no configured trust anchor named {top.issuer.rfc4514_string()!r}")
-        path, anchor_in_chain = list(certs), False
+        path = list(certs)
         anchor = next((c for c in candidates if _signed_by(top, c)), None)  # re-issues may share the name
         if anchor is None:
             raise Refusal(R.ROOT_UNTRUSTED, f"no configured trust anchor named {top.issuer.rfc4514_string()!r} "
@@ -145,4 +137,4 @@ def validate_path(certs: Sequence[x509.Certificate], anchors: Sequence[x509.Cert
         _check_link(cert, issuer, index)
         if index > 0 or check_leaf_validity:
             _check_validity(cert, index, at)
-    return ValidatedPath(anchor, anchor_in_chain)
+    return anchor

@@ -134,6 +134,7 @@ def test_mutated_real_key_descriptions_parse_or_refuse(changes: list[tuple[int, 
         parse_key_description(_mutate(ext.value, changes))
 
 
+@pytest.mark.filterwarnings("ignore:Parsed a serial number which wasn't positive")
 @given(_mutations())
 def test_mutated_real_app_attest_objects_give_a_verdict(changes: list[tuple[int, int]]):
     v = node_app_attest("production")
@@ -150,6 +151,7 @@ def test_oversized_objects_are_refused():
     assert verdict.details == ("70001 bytes, more than 65536",)
 
 
+@pytest.mark.filterwarnings("ignore:Parsed a serial number which wasn't positive")
 @given(st.integers(min_value=0, max_value=4), _mutations())
 def test_mutated_real_android_chains_give_a_verdict(index: int, changes: list[tuple[int, int]]):
     vector = android("tegu/sdk36/TEE_EC_2026_ROOT")
