@@ -222,7 +222,7 @@ def _app_failures(kd: KeyDescription, policy: AndroidPolicy) -> list[Refusal]:
 def verify_android(chain: bytes | Sequence[x509.Certificate], *, challenge: bytes,
                    expected_public_key: bytes | PublicKeyTypes | None, policy: AndroidPolicy, at: dt.datetime,
                    roots: Sequence[x509.Certificate], status: StatusList,
-                   software_roots: Sequence[x509.Certificate] = ()) -> Verdict:
+                   software_roots: Sequence[x509.Certificate] = ()) -> Verdict[AndroidFacts]:
     """Verify an attestation chain (PEM bytes or certificates, leaf first).
 
     ``expected_public_key``: the CSR's public key (SPKI DER or a key object). The enrollment service

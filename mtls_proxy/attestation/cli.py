@@ -20,8 +20,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mtls_proxy.attestation.android import AndroidPolicy, AppIdentity, verify_android
-from mtls_proxy.attestation.ios import ENVIRONMENTS, verify_ios_attestation
+from mtls_proxy.attestation.android import AndroidFacts, AndroidPolicy, AppIdentity, verify_android
+from mtls_proxy.attestation.ios import ENVIRONMENTS, IosFacts, verify_ios_attestation
 from mtls_proxy.attestation.result import Verdict
 from mtls_proxy.attestation.roots import (
     RootsError,
@@ -127,7 +127,7 @@ def _cbor_or_base64(data: bytes, path: str) -> bytes:
         raise InputError(f"--attestation {path}: neither a CBOR map nor base64") from None
 
 
-def _android(args: argparse.Namespace) -> Verdict:
+def _android(args: argparse.Namespace) -> Verdict[AndroidFacts]:
     status = shipped_status_list()
     if args.status_list:
         status = status.merged(load_status_file(args.status_list))
@@ -139,7 +139,7 @@ def _android(args: argparse.Namespace) -> Verdict:
                           at=_time(args.at), roots=roots, status=status, software_roots=google_software_roots())
 
 
-def _ios(args: argparse.Namespace) -> Verdict:
+def _ios(args: argparse.Namespace) -> Verdict[IosFacts]:
     roots = load_roots_file(args.roots) if args.roots else apple_app_attestation_roots()
     attestation = _cbor_or_base64(_read(args.attestation, "--attestation"), args.attestation)
     return verify_ios_attestation(attestation, key_id=_b64(args.key_id, "--key-id"),
@@ -148,7 +148,7 @@ def _ios(args: argparse.Namespace) -> Verdict:
                                   roots=roots)
 
 
-RUNNERS: dict[str, Callable[[argparse.Namespace], Verdict]] = {"android": _android, "ios": _ios}
+RUNNERS: dict[str, Callable[[argparse.Namespace], Verdict[Any]]] = {"android": _android, "ios": _ios}
 
 
 def run_attest(args: argparse.Namespace, out: Any = None, err: Any = None) -> int:

@@ -144,7 +144,7 @@ def _matching_app(rp_id_hash: bytes, app_ids: Sequence[str]) -> str | None:
 
 
 def verify_ios_attestation(attestation: bytes, *, key_id: bytes, client_data_hash: bytes, app_ids: Sequence[str],
-                           environment: str, at: dt.datetime, roots: Sequence[x509.Certificate]) -> Verdict:
+                           environment: str, at: dt.datetime, roots: Sequence[x509.Certificate]) -> Verdict[IosFacts]:
     """Verify an App Attest attestation object (raw CBOR bytes) for ``key_id`` and ``client_data_hash``."""
     if environment not in AAGUIDS:
         raise ValueError(f"environment must be one of {', '.join(ENVIRONMENTS)}")
@@ -194,7 +194,7 @@ def verify_ios_attestation(attestation: bytes, *, key_id: bytes, client_data_has
 
 
 def verify_ios_assertion(assertion: bytes, *, public_key: bytes | ec.EllipticCurvePublicKey, client_data_hash: bytes,
-                         app_ids: Sequence[str], last_counter: int) -> Verdict:
+                         app_ids: Sequence[str], last_counter: int) -> Verdict[IosAssertionFacts]:
     """Verify an App Attest assertion (raw CBOR) made with the key attested earlier (``public_key``: SPKI DER)."""
     key = serialization.load_der_public_key(public_key) if isinstance(public_key, bytes) else public_key
     if not isinstance(key, ec.EllipticCurvePublicKey):

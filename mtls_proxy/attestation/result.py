@@ -12,7 +12,7 @@ import base64
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 # -- chain (both platforms) --
 CHAIN_UNPARSABLE = "chain_unparsable"
@@ -73,30 +73,34 @@ class Refusal(Exception):
         self.detail = detail
 
 
+F = TypeVar("F")
+
+
 @dataclass(frozen=True)
-class Verdict:
+class Verdict(Generic[F]):
     """``ok`` only when ``reasons`` is empty. ``facts`` holds what was parsed (also on refusals, as far
     as parsing got), ``details`` one human line per reason, ``skipped`` the checks the caller opted out of."""
 
     ok: bool
     reasons: tuple[str, ...]
     details: tuple[str, ...] = ()
-    facts: Any = None
+    facts: F | None = None
     skipped: tuple[str, ...] = ()
 
     @classmethod
-    def refuse(cls, refusal: Refusal, facts: Any = None) -> Verdict:
+    def refuse(cls, refusal: Refusal, facts: F | None = None) -> Verdict[F]:
         return cls(False, (refusal.reason,), (refusal.detail,), facts)
 
     @classmethod
-    def of(cls, failures: list[Refusal], facts: Any, skipped: tuple[str, ...] = ()) -> Verdict:
+    def of(cls, failures: list[Refusal], facts: F, skipped: tuple[str, ...] = ()) -> Verdict[F]:
         return cls(not failures, tuple(f.reason for f in failures), tuple(f.detail for f in failures), facts,
                    skipped)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (bytes as base64) for the CLI and for logs."""
-        is_instance = dataclasses.is_dataclass(self.facts) and not isinstance(self.facts, type)
-        facts = _jsonable(dataclasses.asdict(self.facts)) if is_instance else None
+        value: Any = self.facts
+        is_instance = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        facts = _jsonable(dataclasses.asdict(value)) if is_instance else None
         return {"ok": self.ok, "reasons": list(self.reasons), "details": list(self.details),
                 "skipped": list(self.skipped), "facts": facts}
 
