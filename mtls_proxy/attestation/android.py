@@ -24,14 +24,14 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from mtls_proxy.attestation import result as R
-from mtls_proxy.attestation.chain import checked, load_pem_chain, serial_hex, spki, validate_path
+from mtls_proxy.attestation.chain import checked, load_der_chain, load_pem_chain, serial_hex, spki, validate_path
 from mtls_proxy.attestation.keydescription import OID, PURPOSE_SIGN, KeyDescription, parse_key_description
 from mtls_proxy.attestation.result import Refusal, Verdict
 from mtls_proxy.attestation.status import REVOKED, StatusList
@@ -138,9 +138,8 @@ def _facts(chain: Sequence[x509.Certificate], kd: KeyDescription | None, anchor:
     hw, sw = kd.hardware_enforced, kd.software_enforced
     rot = hw.root_of_trust
     app = sw.attestation_application_id or hw.attestation_application_id
-    return AndroidFacts(
-        chain_serials=base.chain_serials,
-        chain_subjects=base.chain_subjects,
+    return replace(
+        base,
         anchor_subject=anchor,
         attestation_version=kd.attestation_version,
         security_level=kd.attestation_security_level,
@@ -160,7 +159,6 @@ def _facts(chain: Sequence[x509.Certificate], kd: KeyDescription | None, anchor:
         signer_digests_hex=tuple(d.hex() for d in app.signature_digests) if app else (),
         brand=hw.brand,
         model=hw.model,
-        leaf_public_key_sha256_hex=base.leaf_public_key_sha256_hex,
     )
 
 
@@ -219,18 +217,26 @@ def _app_failures(kd: KeyDescription, policy: AndroidPolicy) -> list[Refusal]:
     return []
 
 
-def verify_android(chain: bytes | Sequence[x509.Certificate], *, challenge: bytes,
+def verify_android(chain: bytes | Sequence[bytes] | Sequence[x509.Certificate], *, challenge: bytes,
                    expected_public_key: bytes | PublicKeyTypes | None, policy: AndroidPolicy, at: dt.datetime,
                    roots: Sequence[x509.Certificate], status: StatusList,
                    software_roots: Sequence[x509.Certificate] = ()) -> Verdict[AndroidFacts]:
-    """Verify an attestation chain (PEM bytes or certificates, leaf first).
+    """Verify an attestation chain, leaf first: PEM bytes, DER certificates (as the app reads them from
+    ``KeyStore.getCertificateChain``) or parsed certificates.
 
     ``expected_public_key``: the CSR's public key (SPKI DER or a key object). The enrollment service
     must always pass it; None (CLI debugging only) skips that check and the verdict lists it in
     ``skipped``. ``software_roots``: keys known to be software roots, so a refusal says so.
     """
     try:
-        certs = load_pem_chain(chain) if isinstance(chain, bytes) else checked(chain)
+        if isinstance(chain, bytes):
+            certs = load_pem_chain(chain)
+        else:
+            ders = [c for c in chain if isinstance(c, bytes)]
+            parsed = [c for c in chain if isinstance(c, x509.Certificate)]
+            if ders and parsed:
+                raise TypeError("chain: DER bytes or x509.Certificate objects, not both")
+            certs = load_der_chain(ders) if ders else checked(parsed)
     except Refusal as refusal:
         return Verdict.refuse(refusal)
     if len(certs) < 2:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from mtls_proxy.attestation import result as R
 from mtls_proxy.attestation.android import AndroidPolicy, AppIdentity, verify_android
@@ -64,6 +65,14 @@ def test_a_well_formed_chain_verifies(root, device_key):
     assert verdict.ok and verdict.reasons == () and verdict.skipped == ()
     assert verdict.facts.security_level == "TRUSTED_ENVIRONMENT" and verdict.facts.os_patch_level == 202601
     assert verdict.facts.packages == (PACKAGE,) and verdict.facts.signer_digests_hex == (SIGNER_DIGEST.hex(),)
+
+
+def test_der_certificates_as_the_app_sends_them(root, device_key):
+    ders = [c.public_bytes(serialization.Encoding.DER) for c in root.chain(device_key.public_key())]
+    assert verify(root, ders, device_key.public_key()).ok
+    assert verify(root, [b"junk", *ders[1:]], device_key.public_key()).reasons == (R.CHAIN_UNPARSABLE,)
+    with pytest.raises(TypeError, match="not both"):
+        verify(root, [ders[0], *root.chain(device_key.public_key())[1:]], device_key.public_key())
 
 
 def test_strongbox_verifies(root, device_key):
