@@ -155,9 +155,10 @@ def verify_ios_attestation(attestation: bytes, *, key_id: bytes, client_data_has
             raise Refusal(R.FORMAT_NOT_APPLE_APPATTEST, f"fmt is {obj.get('fmt')!r}, 'apple-appattest' expected")
         statement, auth_data = obj.get("attStmt"), obj.get("authData")
         x5c = statement.get("x5c") if isinstance(statement, dict) else None
-        if not (isinstance(x5c, list) and len(x5c) >= 2 and all(isinstance(c, bytes) for c in x5c)
+        if not (isinstance(x5c, list) and len(x5c) == 2 and all(isinstance(c, bytes) for c in x5c)
                 and isinstance(auth_data, bytes)):
-            raise Refusal(R.ATTESTATION_UNPARSABLE, "attStmt.x5c (credential certificate and CA) and authData expected")
+            raise Refusal(R.ATTESTATION_UNPARSABLE, "attStmt.x5c (exactly the credential certificate and the CA) "
+                          "and authData expected")
         certs = load_der_chain(x5c)
         facts = IosFacts(key_id=key_id, chain_serials=tuple(serial_hex(c) for c in certs),
                          chain_subjects=tuple(c.subject.rfc4514_string() for c in certs))

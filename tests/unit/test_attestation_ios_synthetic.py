@@ -153,10 +153,13 @@ def test_credential_id_length_past_the_end(root, app_key, csr_der):
     assert verdict.reasons == (R.AUTH_DATA_MALFORMED,)
 
 
-def test_a_lone_certificate_is_too_short(root, app_key, csr_der):
+def test_x5c_is_exactly_two_certificates(root, app_key, csr_der):
     cdh = client_data_hash(CHALLENGE, csr_der)
     obj = cbor2.loads(root.attestation(app_key.public_key(), cdh))
-    obj["attStmt"]["x5c"] = obj["attStmt"]["x5c"][:1]
+    x5c = obj["attStmt"]["x5c"]
+    obj["attStmt"]["x5c"] = x5c[:1]
+    assert verify(root, cbor2.dumps(obj), key_id_of(app_key.public_key()), cdh).reasons == (R.ATTESTATION_UNPARSABLE,)
+    obj["attStmt"]["x5c"] = [*x5c, root.root.public_bytes(serialization.Encoding.DER)]
     assert verify(root, cbor2.dumps(obj), key_id_of(app_key.public_key()), cdh).reasons == (R.ATTESTATION_UNPARSABLE,)
 
 
