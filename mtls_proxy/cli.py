@@ -1,4 +1,4 @@
-"""The ``mtls-proxy`` command: run, check, demo, pki. The only place that decides exit codes."""
+"""The ``mtls-proxy`` command: run, check, demo, pki, attest. The only place that decides exit codes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mtls_proxy import __version__
+from mtls_proxy.attestation.cli import add_attest_parser, run_attest
 from mtls_proxy.errors import ConfigError
 from mtls_proxy.pki.cli import add_pki_parser, run_pki
 
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_pki_parser(sub)
     sub.choices["pki"].set_defaults(func=run_pki)
+    add_attest_parser(sub)
+    sub.choices["attest"].set_defaults(func=run_attest)
     return parser
 
 
