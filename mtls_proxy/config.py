@@ -53,6 +53,9 @@ class TlsSettings:
     key: Path
     client_ca: tuple[Path, ...]
     crl: tuple[Path, ...] = ()
+    #: CRLs published at http(s) URLs (the enrollment service's): fetched every crl_refresh (crlfetch.py)
+    crl_urls: tuple[str, ...] = ()
+    crl_refresh: float = 10.0
     min_version: str = "1.2"
     handshake_timeout: float = 10.0
     #: Names this listener serves; when a client sent SNI, Host must name the same server (else 421).
@@ -309,8 +312,8 @@ def _is_ca(cert: x509.Certificate) -> bool:
 
 def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509.Certificate]]:
     d = loader.mapping(
-        raw, "tls", ("cert", "key", "client_ca", "crl", "min_version", "handshake_timeout", "server_names",
-                     "session_tickets", "verify_depth"),
+        raw, "tls", ("cert", "key", "client_ca", "crl", "crl_refresh", "min_version", "handshake_timeout",
+                     "server_names", "session_tickets", "verify_depth"),
     )
     if raw is None:
         return None, []  # reported once as "tls: required"
@@ -320,7 +323,8 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
     cert = loader.file(d["cert"], "tls.cert") if "cert" in d else None
     key = loader.file(d["key"], "tls.key") if "key" in d else None
     cas = loader.files(d["client_ca"], "tls.client_ca") if "client_ca" in d else ()
-    crls = loader.files(d["crl"], "tls.crl") if d.get("crl") else ()
+    crl_files, crl_urls = _split_crl_entries(loader, d.get("crl"))
+    crls = loader.files(crl_files, "tls.crl") if crl_files else ()
     min_version = str(d.get("min_version", "1.2"))
     if min_version not in ("1.2", "1.3"):
         loader.problem("tls.min_version", f"{min_version!r}: use '1.2' or '1.3' (TLS 1.0 and 1.1 are refused)")
@@ -372,7 +376,8 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
         return None, ca_certs
     return (
         TlsSettings(
-            cert=cert, key=key, client_ca=cas, crl=crls, min_version=min_version,
+            cert=cert, key=key, client_ca=cas, crl=crls, crl_urls=crl_urls,
+            crl_refresh=loader.converted(d, "crl_refresh", "tls", parse_duration, 10.0), min_version=min_version,
             handshake_timeout=loader.converted(d, "handshake_timeout", "tls", parse_duration, 10.0),
             server_names=tuple(s.lower() for s in server_names),
             session_tickets=loader.typed(d, "session_tickets", "tls", bool, True),
@@ -380,6 +385,21 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
         ),
         ca_certs,
     )
+
+
+def _split_crl_entries(loader: _Loader, raw: Any) -> tuple[Any, tuple[str, ...]]:
+    """``tls.crl`` holds file paths and http(s) URLs; the URLs are fetched (and checked) by the state builder."""
+    if not raw:
+        return None, ()
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list):
+        return raw, ()  # loader.files reports the type
+    urls = tuple(v for v in items if isinstance(v, str) and v.startswith(("http://", "https://")))
+    for i, v in enumerate(items):
+        if isinstance(v, str) and "://" in v and v not in urls:
+            loader.problem(f"tls.crl[{i}]" if isinstance(raw, list) else "tls.crl", f"{v}: only http(s) URLs")
+    files = [v for v in items if not (isinstance(v, str) and "://" in v)]
+    return (files or None), urls
 
 
 def _verify_depth(loader: _Loader, d: dict[str, Any]) -> int:

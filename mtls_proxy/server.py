@@ -24,10 +24,11 @@ from mtls_proxy import metrics
 from mtls_proxy.admin import start_admin, upstream_reachable
 from mtls_proxy.config import ListenAddress
 from mtls_proxy.context import ServerContext
+from mtls_proxy.crlfetch import CrlCache, CrlFetchError
 from mtls_proxy.errors import ConfigError
 from mtls_proxy.frontends.http1 import Http1Connection
 from mtls_proxy.logs import setup_logging
-from mtls_proxy.state import RuntimeState, load_state
+from mtls_proxy.state import RuntimeState, build_state, load_state
 from mtls_proxy.tls import classify_handshake_error
 from mtls_proxy.tlsconn import TlsServerConnection
 from mtls_proxy.upstream import UpstreamPool
@@ -88,6 +89,7 @@ class ProxyServer:
         self.loop = loop
         self.handshaking = 0
         self._handshakes_by_address: dict[str, int] = {}
+        self.crl_cache = CrlCache()
         #: handshaken connections waiting for a max_connections slot, in arrival order
         self._held: deque[TlsServerConnection] = deque()
         self.sockets: list[socket.socket] = []
@@ -221,7 +223,8 @@ class ProxyServer:
         while True:
             self._reload_again = False
             try:
-                new = await self.loop.run_in_executor(None, load_state, self.config_path, time.time())
+                new = await self.loop.run_in_executor(None, load_state, self.config_path, time.time(),
+                                                      self.crl_cache)
             except ConfigError as exc:
                 if self.count_reloads:
                     metrics.reloaded(False)
@@ -253,6 +256,38 @@ class ProxyServer:
         else:
             metrics.publish_state(new)
         log.info("reloaded: generation %d (was %d)", new.generation, old.generation)
+
+    # --- CRLs at URLs -----------------------------------------------------------------------------------------
+    async def refresh_crls(self) -> None:
+        """Every tls.crl_refresh: conditional GET of each CRL URL; a changed CRL rebuilds the state."""
+        while not self._stop.is_set():
+            tls = self.state.settings.tls
+            try:
+                await asyncio.wait_for(self._stop.wait(), tls.crl_refresh)
+                return
+            except TimeoutError:
+                pass
+            if not tls.crl_urls or self.draining:
+                continue
+            for url in tls.crl_urls:
+                try:
+                    await self.loop.run_in_executor(None, self.crl_cache.fetch, url)
+                except CrlFetchError as exc:
+                    metrics.CRL_FETCH_FAILURES.labels(url).inc()
+                    log.error("CRL fetch failed, keeping the CRL held: %s", exc)
+                else:
+                    metrics.CRL_FETCHED.labels(url).set(time.time())
+            held = {url: (c.pem if (c := self.crl_cache.get(url)) else None) for url in tls.crl_urls}
+            if any(pem is not None and pem != self.state.fetched_crls.get(url) for url, pem in held.items()):
+                settings = self.state.settings
+                try:
+                    new = await self.loop.run_in_executor(None, build_state, settings, time.time(), self.crl_cache)
+                except ConfigError as exc:
+                    metrics.CRL_FETCH_FAILURES.labels(",".join(tls.crl_urls)).inc()
+                    log.error("new CRL refused, keeping generation %d: %s", self.state.generation, exc.render())
+                else:
+                    log.info("CRL changed at its URL")
+                    self._apply(new)
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -332,6 +367,7 @@ async def run_server(config_path: str, state: RuntimeState, sockets: list[socket
         log.info("admin on http://%s (/healthz /readyz /metrics)", state.settings.admin.listen)
     server.listen(sockets)
     metrics.publish_state(state)
+    crl_refresher = loop.create_task(server.refresh_crls())
     watcher = None
     if watch if watch is not None else state.settings.reload.watch:
         watcher = loop.create_task(watch_and_reload(
@@ -348,6 +384,7 @@ async def run_server(config_path: str, state: RuntimeState, sockets: list[socket
     try:
         await server.serve_until_stopped()
     finally:
+        crl_refresher.cancel()
         if watcher is not None:
             watcher.cancel()
         if runner is not None:

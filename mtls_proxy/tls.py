@@ -9,6 +9,8 @@ keys) cannot resume under the new trust settings.
 from __future__ import annotations
 
 import ssl
+import tempfile
+from collections.abc import Sequence
 
 from cryptography import x509
 
@@ -23,7 +25,7 @@ def _remember_sni(ssl_object: ssl.SSLObject, server_name: str | None, context: s
     ssl_object.mtls_sni = server_name.lower() if server_name else None  # type: ignore[attr-defined]
 
 
-def build_server_context(tls: TlsSettings) -> ssl.SSLContext:
+def build_server_context(tls: TlsSettings, fetched_crls: Sequence[bytes] = ()) -> ssl.SSLContext:
     """The listener's context: TLS >= 1.2, CERT_REQUIRED against the pinned CAs only, CRLs, no renegotiation."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _MIN_VERSIONS[tls.min_version]
@@ -43,22 +45,34 @@ def build_server_context(tls: TlsSettings) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED
     for ca in tls.client_ca:
         ctx.load_verify_locations(cafile=str(ca))
-    if tls.crl:
+    if tls.crl or fetched_crls:
         for crl in tls.crl:
             ctx.load_verify_locations(cafile=str(crl))
+        for pem in fetched_crls:
+            _load_crl_bytes(ctx, pem)
         # Leaf check against the issuing CA's CRL; a missing or expired CRL fails the handshake (closed).
         # When every configured CA has its CRL, the whole chain is checked (an intermediate revoked by the
         # root's CRL fails the handshake); otherwise judge() still refuses it per request (ca_revoked).
-        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN if _every_ca_has_a_crl(tls) else ssl.VERIFY_CRL_CHECK_LEAF
+        every = _every_ca_has_a_crl(tls, fetched_crls)
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN if every else ssl.VERIFY_CRL_CHECK_LEAF
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.sni_callback = _remember_sni
     return ctx
 
 
-def _every_ca_has_a_crl(tls: TlsSettings) -> bool:
+def _load_crl_bytes(ctx: ssl.SSLContext, pem: bytes) -> None:
+    """Python's ``cadata`` takes certificates only: a CRL held in memory goes through a private temp file."""
+    with tempfile.NamedTemporaryFile(prefix="mtls-crl-", suffix=".pem") as f:
+        f.write(pem)
+        f.flush()
+        ctx.load_verify_locations(cafile=f.name)
+
+
+def _every_ca_has_a_crl(tls: TlsSettings, fetched_crls: Sequence[bytes]) -> bool:
     cas = [c for p in tls.client_ca for c in x509.load_pem_x509_certificates(p.read_bytes())]
-    issuers = {x509.load_pem_x509_crl(p.read_bytes()).issuer for p in tls.crl}
+    pems = [p.read_bytes() for p in tls.crl] + list(fetched_crls)
+    issuers = {x509.load_pem_x509_crl(pem).issuer for pem in pems}
     return len(cas) > 1 and all(c.subject in issuers for c in cas)
 
 

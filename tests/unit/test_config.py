@@ -28,7 +28,7 @@ def test_example_documents_every_setting():
     raw = yaml.safe_load(EXAMPLE.read_text())
     sections = {"tls": TlsSettings, "identity": IdentitySettings, "limits": Limits, "logging": LoggingSettings,
                 "admin": AdminSettings, "reload": ReloadSettings}
-    renamed = {"identity": {"enabled": "headers"}}
+    renamed = {"identity": {"enabled": "headers"}, "tls": {"crl_urls": "crl"}}  # URLs are tls.crl entries
     for section, cls in sections.items():
         for f in dataclasses.fields(cls):
             key = renamed.get(section, {}).get(f.name, f.name)
