@@ -511,7 +511,11 @@ class ClientConnection(asyncio.Protocol):
             self._id_headers = state.identity.connection_headers(self.peer)
             self._renew_header = _renew_header(self.peer, state.settings.identity.renew_window)
             self._id_generation = state.generation
-        for name, value in state.identity.request_headers(self._id_headers, method=ex.method):
+        signed = state.identity.request_headers(
+            self._id_headers, method=ex.method, target=ex.target, host=ex.host,
+            content_length=ex.content_length, chunked=ex.chunked,
+        )
+        for name, value in signed:
             parts += (name, b": ", value, EOL)
         parts.append(EOL)
         return b"".join(parts)
