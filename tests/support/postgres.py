@@ -88,7 +88,7 @@ class PostgresServer:
     def django_database(self) -> dict[str, Any]:
         """The ``DATABASES`` entry Django (psycopg 3) connects with."""
         return {"ENGINE": "django.db.backends.postgresql", "NAME": DATABASE, "USER": SUPERUSER,
-                "HOST": "127.0.0.1", "PORT": str(self.port), "CONN_MAX_AGE": 0}
+                "HOST": "127.0.0.1", "PORT": str(self.port), "CONN_MAX_AGE": 60}
 
     def close(self) -> None:
         try:

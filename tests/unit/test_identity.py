@@ -281,7 +281,7 @@ def test_missing_and_malformed_signature(pki: tuple[PeerIdentity, PeerIdentity])
                 sig.replace(";t=", ";T="), ";".join(sig.split(";")[i] for i in (0, 2, 1, 3, 4))):
         assert reason({**headers, "x-client-cert-signature": bad}) == "malformed", bad
     # v1 (identity and method only) is refused by name: accepting it would undo the request binding
-    v1 = "v1;t=%d;n=%s;s=%s" % (NOW, "0" * 32, "A" * 43)
+    v1 = f"v1;t={int(NOW)};n={'0' * 32};s={'A' * 43}"
     assert reason({**headers, "x-client-cert-signature": v1}) == "unsupported_version"
 
 
