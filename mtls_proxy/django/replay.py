@@ -109,14 +109,12 @@ class DatabaseReplayStore(ReplayStore):
         self.alias = alias
         self._next_purge = 0.0
 
-    def claim(self, nonce: str, expires_at: float, now: float) -> bool:
+    def _insert(self, nonce: str, expires_at: float, now: float) -> bool:
+        """One attempt: True if inserted, False if the nonce is there; other DatabaseErrors propagate."""
         from django.db import DatabaseError, IntegrityError, connections
 
         from mtls_proxy.django.models import UsedNonce
 
-        connection = connections[self.alias]
-        if connection.in_atomic_block:
-            raise ReplayStoreUnavailable(f"database {self.alias!r}: nonce insert inside an open transaction")
         rows = UsedNonce.objects.using(self.alias)
         try:
             if now >= self._next_purge:
@@ -125,12 +123,32 @@ class DatabaseReplayStore(ReplayStore):
             rows.create(nonce=nonce, expires_at=expires_at)
         except IntegrityError:
             return False
-        except DatabaseError as exc:
-            # A broken connection must not be reused by the next request of this thread.
+        except DatabaseError:
+            # A broken connection must not be reused, by a retry or by the next request of this thread.
             with contextlib.suppress(Exception):
-                connection.close()
-            raise ReplayStoreUnavailable(f"database {self.alias!r}: {exc}".strip()) from exc
+                connections[self.alias].close()
+            raise
         return True
+
+    def claim(self, nonce: str, expires_at: float, now: float) -> bool:
+        from django.db import DatabaseError, connections
+
+        connection = connections[self.alias]
+        if connection.in_atomic_block:
+            raise ReplayStoreUnavailable(f"database {self.alias!r}: nonce insert inside an open transaction")
+        # A kept-alive connection the server dropped (restart, idle timeout) fails once and is replaced.
+        # Had the first INSERT committed before the connection died, the retry hits the key and the
+        # request is refused as a replay: wrong, but closed.
+        reused = connection.connection is not None
+        try:
+            return self._insert(nonce, expires_at, now)
+        except DatabaseError as exc:
+            if not reused:
+                raise ReplayStoreUnavailable(f"database {self.alias!r}: {exc}".strip()) from exc
+        try:
+            return self._insert(nonce, expires_at, now)
+        except DatabaseError as exc:
+            raise ReplayStoreUnavailable(f"database {self.alias!r}: {exc}".strip()) from exc
 
 
 class RedisReplayStore(ReplayStore):

@@ -4,14 +4,17 @@ Real parts: a phone-like client sending its body slowly over mutual TLS to the r
 which streams it to the demo Django under uvicorn. The ASGI wrapper
 (:class:`mtls_proxy.django.asgi.ClientCertASGIMiddleware`) checks the signature when the
 request head arrives; Django's ASGI handler then reads the body for a minute. Without the
-wrapper the middleware would only run after the body and see a 60 s old signature.
+wrapper the middleware would only run after the body and see a 60 s old signature. Under
+gunicorn (WSGI) the middleware itself runs before the lazily read body.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import time
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -19,13 +22,31 @@ from cryptography.hazmat.primitives import serialization
 from mtls_proxy.certs import parse_peer
 from mtls_proxy.identity import IdentityEncoder, IdentityOptions, load_signing_key
 from tests.support.pki import TestPki
-from tests.support.proxy import ProxyFactory
-from tests.support.upstream import DemoUpstream
+from tests.support.proxy import ProxyFactory, ProxyProcess
+from tests.support.upstream import DemoUpstream, start_demo_upstream
 
 pytestmark = pytest.mark.timeout(180)
 
 CHUNK = 16 * 1024
 SECONDS = 61  # one chunk per second
+
+
+def slow_put(proxy: ProxyProcess, ctx: ssl.SSLContext, seconds: int) -> tuple[int, dict[str, object], bytes, float]:
+    """PUT /api/upload, one 16 KiB chunk a second: (status, JSON, body sent, elapsed seconds)."""
+    body = bytes(range(256)) * (CHUNK // 256) * seconds
+    conn = proxy.connection(ctx, timeout=120)
+    started = time.monotonic()
+    try:
+        conn.putrequest("PUT", "/api/upload")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders()
+        for i in range(seconds):
+            conn.send(body[i * CHUNK : (i + 1) * CHUNK])
+            time.sleep(1.0)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()), body, time.monotonic() - started
+    finally:
+        conn.close()
 
 
 @pytest.mark.slow
@@ -35,22 +56,8 @@ def test_60_second_upload_is_accepted_with_a_10_second_window(
     # upstream_read_timeout counts from the last upstream byte, and Django answers only after the body
     proxy = proxies.start(limits={"upstream_read_timeout": "120s"})
     client = pki.client("device-slow-upload")
-    body = bytes(range(256)) * (CHUNK // 256) * SECONDS
-    conn = proxy.connection(pki.client_context(client), timeout=120)
-    started = time.monotonic()
-    try:
-        conn.putrequest("PUT", "/api/upload")
-        conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders()
-        for i in range(SECONDS):
-            conn.send(body[i * CHUNK : (i + 1) * CHUNK])
-            time.sleep(1.0)
-        response = conn.getresponse()
-        data = json.loads(response.read())
-    finally:
-        conn.close()
-    elapsed = time.monotonic() - started
-    assert response.status == 200, data
+    status, data, body, elapsed = slow_put(proxy, pki.client_context(client), SECONDS)
+    assert status == 200, data
     assert data == {"sha256": hashlib.sha256(body).hexdigest(), "length": len(body)}
     assert elapsed >= 60
 
@@ -70,3 +77,20 @@ def test_60_second_upload_is_accepted_with_a_10_second_window(
         assert (refused.status, json.loads(refused.read())["reason"]) == (403, "expired")
     finally:
         direct.close()
+
+
+def test_slow_upload_under_gunicorn_with_a_10_second_window(tmp_path: Path, pki: TestPki) -> None:
+    """WSGI: 15 s of body behind a 10 s window, two gunicorn workers sharing a SQLite replay store."""
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "nonces.sqlite3")}
+    env = {"MTLS_DEMO_DATABASE": json.dumps(database)}
+    with start_demo_upstream(tmp_path / "up", signing_key_file=pki.signing_key, server="gunicorn", workers=2,
+                             extra_env=env) as up:
+        factory = ProxyFactory(tmp_path, pki, up.url)
+        try:
+            proxy = factory.start()
+            status, data, body, elapsed = slow_put(proxy, pki.client_context(pki.client("device-wsgi-upload")), 15)
+        finally:
+            factory.close()
+    assert status == 200, data
+    assert data == {"sha256": hashlib.sha256(body).hexdigest(), "length": len(body)}
+    assert elapsed >= 15
