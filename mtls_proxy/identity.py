@@ -8,8 +8,9 @@ anyone can send ``X-Client-Cert-Subject: CN=admin``. Two defences, which combine
 * the proxy removes every client-sent header whose :func:`header_key` is in
   :data:`PROXY_SET_HEADER_KEYS` before it adds its own ("strip, then set");
 * with a shared signing key, the proxy adds ``X-Client-Cert-Signature``, an HMAC over the
-  identity values, the request method, a timestamp and a random nonce. The Django side
-  (:func:`verify_identity`) rejects unsigned, altered, stale and replayed identities.
+  identity values and the request they travel with (method, raw target, Host, body
+  framing), a timestamp, a random nonce and the key's id. The Django side
+  (:func:`verify_identity`) rejects unsigned, altered, moved, stale and replayed identities.
 
 This module is pure (no asyncio, aiohttp or Django): the proxy encodes with
 :class:`IdentityEncoder`, the Django middleware decodes with :func:`verify_identity` or
