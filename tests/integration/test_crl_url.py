@@ -35,7 +35,7 @@ class CrlServer:
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 if owner.fail:
                     self.send_error(503)
                     return
