@@ -30,6 +30,9 @@ from mtls_proxy.policy import Policy, compile_policy
 class ListenAddress:
     host: str
     port: int
+    #: "required" (default) or "optional": the listener lets clients without a certificate finish the
+    #: handshake; only rules with ``clients: none`` admit them (enrollment)
+    client_auth: str = "required"
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -115,6 +118,8 @@ class Limits:
     max_handshakes_per_address: int = 64
     #: a new connection must send its first TLS bytes within this (the rest of tls.handshake_timeout follows)
     first_byte_timeout: float = 3.0
+    #: requests a minute from one address without a client certificate (client_auth: optional); over: 429
+    anonymous_requests_per_minute: int = 60
     max_path_length: int = MAX_PATH_LENGTH
     max_path_segments: int = MAX_PATH_SEGMENTS
 
@@ -266,6 +271,18 @@ def _parse_listen(loader: _Loader, raw: Any, key: str = "listen") -> tuple[Liste
     out = []
     for i, item in enumerate(items):
         path = f"{key}[{i}]" if isinstance(raw, list) else key
+        client_auth = "required"
+        if isinstance(item, dict) and key == "listen":
+            for k in item:
+                if k not in ("address", "client_auth"):
+                    loader.problem(f"{path}.{k}", "unknown key; allowed: address, client_auth")
+            client_auth = str(item.get("client_auth", "required"))
+            if client_auth not in ("required", "optional"):
+                loader.problem(f"{path}.client_auth", f"{client_auth!r}: use 'required' or 'optional'")
+            if "address" not in item:
+                loader.problem(f"{path}.address", "required")
+                continue
+            item = item["address"]
         text = str(item)
         host, sep, port = text.rpartition(":")
         host = host.strip("[]") if sep else "0.0.0.0"
@@ -273,7 +290,7 @@ def _parse_listen(loader: _Loader, raw: Any, key: str = "listen") -> tuple[Liste
         if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:  # not '²' or '٣'
             loader.problem(path, f"{text!r} is not host:port")
             continue
-        out.append(ListenAddress(host or "0.0.0.0", int(port)))
+        out.append(ListenAddress(host or "0.0.0.0", int(port), client_auth))
     return tuple(out)
 
 
@@ -455,9 +472,9 @@ _LIMIT_DURATIONS = ("head_timeout", "idle_timeout", "body_timeout", "upstream_co
                     "upstream_read_timeout", "upstream_idle_timeout", "drain_timeout", "send_timeout",
                     "tunnel_idle_timeout", "tunnel_max_lifetime", "first_byte_timeout")
 _LIMIT_INTS = ("upstream_max_idle", "max_connections", "max_pipelined", "max_handshakes",
-               "max_handshakes_per_address", "max_path_segments")
+               "max_handshakes_per_address", "max_path_segments", "anonymous_requests_per_minute")
 _LIMIT_NONZERO = ("max_connections", "max_path_length", "max_path_segments", "max_pipelined", "max_handshakes",
-                  "max_handshakes_per_address")
+                  "max_handshakes_per_address", "anonymous_requests_per_minute")
 
 
 def _parse_limits(loader: _Loader, raw: Any) -> Limits:

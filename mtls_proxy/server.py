@@ -115,9 +115,15 @@ class ProxyServer:
         for sock in self.sockets:
             host, port = sock.getsockname()[:2]
             log.info("listening on https://%s:%d (generation %d)", host, port, self.state.generation)
-            self._accept_tasks.append(self.loop.create_task(self._accept_loop(sock)))
+            optional = self._listener_is_optional(len(self._accept_tasks))
+            self._accept_tasks.append(self.loop.create_task(self._accept_loop(sock, optional)))
 
-    async def _accept_loop(self, sock: socket.socket) -> None:
+    def _listener_is_optional(self, index: int) -> bool:
+        """Whether listener ``index`` (sockets are bound in the order of ``listen``) takes clients without certs."""
+        listen = self.state.settings.listen
+        return index < len(listen) and listen[index].client_auth == "optional"
+
+    async def _accept_loop(self, sock: socket.socket, client_cert_optional: bool = False) -> None:
         loop = self.loop
         while not self.draining:
             # Established connections only: handshakes have their own budget below, so sockets that
@@ -150,7 +156,9 @@ class ProxyServer:
             self._handshakes_by_address[address] = self._handshakes_by_address.get(address, 0) + 1
             metrics.HANDSHAKES_IN_PROGRESS.inc()
             try:
-                await loop.connect_accepted_socket(functools.partial(self._tls_for, address), conn)
+                await loop.connect_accepted_socket(
+                    functools.partial(self._tls_for, address, client_cert_optional), conn
+                )
             except OSError as exc:  # the socket died between accept and here
                 conn.close()
                 self._handshake_failed(address, exc)
@@ -174,11 +182,12 @@ class ProxyServer:
             self._handshakes_by_address.pop(address, None)
         self._slot_free.set()
 
-    def _tls_for(self, address: str) -> TlsServerConnection:
+    def _tls_for(self, address: str, client_cert_optional: bool = False) -> TlsServerConnection:
         """TLS with the context current at accept time: a reload applies to every new connection."""
         state = self.state
+        context = state.ssl_context_optional if client_cert_optional else state.ssl_context
         return TlsServerConnection(
-            state.ssl_context,
+            context or state.ssl_context,
             lambda: Http1Connection(self.ctx),
             state.settings.tls.handshake_timeout,
             lambda tls: self._handshake_done(address, tls),

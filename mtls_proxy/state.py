@@ -63,6 +63,8 @@ class TrustFacts:
 class RuntimeState:
     settings: Settings
     ssl_context: ssl.SSLContext
+    #: the context of ``client_auth: optional`` listeners (None when there are none)
+    ssl_context_optional: ssl.SSLContext | None
     policy: Policy
     trust: TrustFacts
     identity: IdentityEncoder
@@ -133,6 +135,8 @@ def build_state(settings: Settings, now: float, crl_cache: CrlCache | None = Non
         _check_fetched_crls(settings, fetched, now)
     try:
         ctx = build_server_context(settings.tls, tuple(fetched.values()))
+        optional = (build_server_context(settings.tls, tuple(fetched.values()), client_cert_optional=True)
+                    if any(a.client_auth == "optional" for a in settings.listen) else None)
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise ConfigError(str(settings.source), [ConfigProblem("tls", f"cannot build the TLS context: {exc}")]) from exc
     revoked, crl_windows = _read_crls([(str(p), p.read_bytes()) for p in settings.tls.crl] + list(fetched.items()))
@@ -150,6 +154,7 @@ def build_state(settings: Settings, now: float, crl_cache: CrlCache | None = Non
     return RuntimeState(
         settings=settings,
         ssl_context=ctx,
+        ssl_context_optional=optional,
         policy=settings.policy,
         trust=TrustFacts(
             revoked=frozenset(revoked),

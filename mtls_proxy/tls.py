@@ -25,7 +25,8 @@ def _remember_sni(ssl_object: ssl.SSLObject, server_name: str | None, context: s
     ssl_object.mtls_sni = server_name.lower() if server_name else None  # type: ignore[attr-defined]
 
 
-def build_server_context(tls: TlsSettings, fetched_crls: Sequence[bytes] = ()) -> ssl.SSLContext:
+def build_server_context(tls: TlsSettings, fetched_crls: Sequence[bytes] = (), *,
+                         client_cert_optional: bool = False) -> ssl.SSLContext:
     """The listener's context: TLS >= 1.2, CERT_REQUIRED against the pinned CAs only, CRLs, no renegotiation."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _MIN_VERSIONS[tls.min_version]
@@ -42,7 +43,9 @@ def build_server_context(tls: TlsSettings, fetched_crls: Sequence[bytes] = ()) -
         # certificate in it (~125 us here, a sixth of a full mTLS handshake).
         ctx.num_tickets = 1
     ctx.load_cert_chain(str(tls.cert), str(tls.key))
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    # CERT_OPTIONAL (a client_auth: optional listener) still verifies a certificate that is presented,
+    # exactly as CERT_REQUIRED does; it only lets a client present none.
+    ctx.verify_mode = ssl.CERT_OPTIONAL if client_cert_optional else ssl.CERT_REQUIRED
     for ca in tls.client_ca:
         ctx.load_verify_locations(cafile=str(ca))
     if tls.crl or fetched_crls:

@@ -178,6 +178,10 @@ class Exchange:
             front.resume_request_body()
             front.send_error(self, Refused(verdict.reason, verdict.status))
             return
+        if front.facts.peer is None and not self.ctx.anonymous_limiter.allow(front.facts.client_ip, time.time()):
+            self.refused = True
+            front.send_error(self, Refused("rate_limited", 429))  # admission: no identity, so per address
+            return
         self.max_body = verdict.max_body
         if self.body_received > self.max_body:
             self.refuse_body(Refused("body_too_large", 413, f"body over {self.max_body} bytes"))
@@ -185,7 +189,7 @@ class Exchange:
         conn_headers, _ = front.identity_for(state)
         identity = state.identity.request_headers(
             conn_headers, method=head.method, target=head.target, host=head.host,
-            content_length=head.content_length, chunked=head.chunked,
+            content_length=head.content_length, chunked=head.chunked, anonymous=front.facts.peer is None,
         )
         self.upstream_request = upstream_head(head, front.facts, identity)
         up = self.ctx.pool.acquire_idle()
@@ -516,5 +520,6 @@ class Exchange:
         if up is not None:
             up.close()
         metrics.tunnel_closed(cause)
-        log.info("tunnel closed: cn=%s cause=%s", self.front.facts.peer.common_name, cause)
+        peer = self.front.facts.peer
+        log.info("tunnel closed: cn=%s cause=%s", peer.common_name if peer else "-", cause)
         self.front.tunnel_closed(self, cause)

@@ -35,7 +35,7 @@ _TIME_BOUND = frozenset({"cert_not_yet_valid", "cert_expired", "ca_not_yet_valid
 class ConnectionFacts:
     """What the TLS handshake established; fixed for the connection's life."""
 
-    peer: PeerIdentity
+    peer: PeerIdentity | None  # None: no certificate (a client_auth: optional listener)
     sni: str | None = None
     client_ip: bytes = b"-"
 
@@ -179,9 +179,10 @@ def judge(head: RequestHead, conn: ConnectionFacts, state: RuntimeState, now: fl
     if (conn.sni is not None and host_name != conn.sni) or (server_names and host_name not in server_names):
         return _refused("host_sni_mismatch")
     peer = conn.peer
-    standing = judge_peer(peer, state, now)
-    if standing.reason is not None:
-        return _refused(standing.reason)
+    if peer is not None:
+        standing = judge_peer(peer, state, now)
+        if standing.reason is not None:
+            return _refused(standing.reason)
     method = head.method.decode("ascii")
     decision = state.policy.evaluate_rules(peer, method, path)
     # what the upstream routes: decoded, dot-segments kept

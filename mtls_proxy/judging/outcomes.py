@@ -61,6 +61,9 @@ OUTCOMES: dict[str, Outcome] = {
     "denied_by_rule": _DENIED,
     "client_not_allowed": _DENIED,
     "no_matching_rule": _DENIED,
+    "client_cert_required": _DENIED,
+    # admission after judgment
+    "rate_limited": Outcome(429, False),
 }
 
 
