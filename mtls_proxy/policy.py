@@ -4,8 +4,8 @@ Default deny. The deny-list (serials, certificate fingerprints, SPKI pins) and t
 serials revoked by the configured CRLs are checked first, then the first rule
 whose method and path match decides. A rule either denies, or allows the clients
 that satisfy any one of its ``clients`` matchers (all fields of one matcher must
-hold). ``clients: any`` means every client whose certificate chained to a pinned
-client CA (the TLS layer already proved that).
+hold). ``clients: any`` means every client whose certificate chained to a configured
+client CA or is a pinned client certificate (the TLS layer already proved that).
 
 Path patterns are matched against :func:`mtls_proxy.paths.normalize_path` output:
 ``/api/`` (ends with ``/``) is a prefix and also matches ``/api``; a pattern with
@@ -23,6 +23,7 @@ from typing import Any
 
 from mtls_proxy.certs import PeerIdentity
 from mtls_proxy.errors import ConfigProblem
+from mtls_proxy.trust import certificate_refusal
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 SUBJECT_ATTRIBUTES = ("CN", "O", "OU", "C", "L", "ST", "emailAddress", "serialNumber")
@@ -173,20 +174,20 @@ class Policy:
     trusted_anchors: frozenset[str] = field(default=frozenset())
     #: longest chain (CA certificates above the leaf) accepted; 0: not checked
     max_chain: int = 0
+    #: SHA-256 of the pinned client certificates (``tls.client_certs``), merged in at state build
+    pinned_certs: frozenset[str] = field(default=frozenset())
 
     def with_trust(self, revoked: Iterable[tuple[str, int]], anchors: Iterable[str] = (),
-                   max_chain: int = 0) -> Policy:
-        """This policy plus what the TLS material says: CRL-revoked serials, trusted CAs, chain depth."""
-        return replace(self, revoked=frozenset(revoked), trusted_anchors=frozenset(anchors), max_chain=max_chain)
+                   max_chain: int = 0, pinned: Iterable[str] = ()) -> Policy:
+        """This policy plus what the TLS material says: CRL-revoked serials, trusted CAs, chain depth, pins."""
+        return replace(self, revoked=frozenset(revoked), trusted_anchors=frozenset(anchors), max_chain=max_chain,
+                       pinned_certs=frozenset(pinned))
 
     def judge_client(self, peer: PeerIdentity) -> Decision | None:
         """The checks that depend on the certificate only: a denial, or None."""
-        if not peer.has_client_auth_eku:
-            return Decision(False, "-", "client_auth_eku_missing")
-        if peer.is_ca:
-            return Decision(False, "-", "leaf_is_ca")
-        if self.trusted_anchors and peer.anchor_sha256 not in self.trusted_anchors:
-            return Decision(False, "-", "ca_not_trusted")
+        refusal = certificate_refusal(peer, self.trusted_anchors, self.pinned_certs)
+        if refusal is not None:
+            return Decision(False, "-", refusal)
         if self.max_chain and len(peer.chain_der) > self.max_chain:
             return Decision(False, "-", "chain_too_long")
         if (peer.issuer_dn, peer.serial) in self.revoked:

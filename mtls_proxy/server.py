@@ -27,7 +27,7 @@ from mtls_proxy.errors import ConfigError
 from mtls_proxy.logs import access_log, format_access, is_json, setup_logging, worker_index
 from mtls_proxy.proxy import ClientConnection
 from mtls_proxy.state import RuntimeState, load_state
-from mtls_proxy.tls import classify_handshake_error
+from mtls_proxy.tls import classify_handshake_error, handshake_failure_hint
 from mtls_proxy.tlsconn import TlsServerConnection
 from mtls_proxy.upstream import UpstreamPool
 from mtls_proxy.watch import watch_and_reload
@@ -158,8 +158,8 @@ class ProxyServer:
         metrics.handshake_failed(reason)
         if self._handshake_log.allow(self.loop.time()):
             log.warning(
-                "tls handshake failed: client=%s reason=%s detail=%s",
-                addr[0] if isinstance(addr, tuple) else addr, reason, exc,
+                "tls handshake failed: client=%s reason=%s detail=%s%s",
+                addr[0] if isinstance(addr, tuple) else addr, reason, exc, handshake_failure_hint(reason),
             )
 
     # --- connection bookkeeping (called by ClientConnection) ----------------------------------------------

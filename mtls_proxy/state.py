@@ -10,21 +10,20 @@ and a failed build leaves the old one serving.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import itertools
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
-from mtls_proxy.certs import rebuild_chain
+from mtls_proxy.certs import load_certificates, rebuild_chain
 from mtls_proxy.config import Settings, load_settings
 from mtls_proxy.errors import ConfigError, ConfigProblem
 from mtls_proxy.identity import IdentityEncoder, IdentityOptions, load_signing_key
 from mtls_proxy.policy import Policy
 from mtls_proxy.tls import build_server_context
+from mtls_proxy.trust import fingerprint_sha256
 
 _generations = itertools.count(1)
 
@@ -82,13 +81,15 @@ def build_state(settings: Settings, now: float) -> RuntimeState:
     )
     leaf = x509.load_pem_x509_certificates(settings.tls.cert.read_bytes())[0]
     cas = [c for p in settings.tls.client_ca for c in x509.load_pem_x509_certificates(p.read_bytes())]
+    pinned = [c for p in settings.tls.client_certs for c in load_certificates(p.read_bytes())]
     return RuntimeState(
         settings=settings,
         ssl_context=ctx,
         policy=settings.policy.with_trust(
             revoked,
-            (hashlib.sha256(c.public_bytes(Encoding.DER)).hexdigest() for c in cas),
+            (fingerprint_sha256(c) for c in cas),
             settings.tls.verify_depth,
+            (fingerprint_sha256(c) for c in pinned),
         ),
         identity=encoder,
         generation=next(_generations),
