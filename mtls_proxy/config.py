@@ -25,7 +25,7 @@ from mtls_proxy.certs import load_certificates
 from mtls_proxy.errors import ConfigError, ConfigProblem
 from mtls_proxy.policy import Policy, compile_policy
 from mtls_proxy.trust import pin_refusal
-from mtls_proxy.x509_strict import strict_ca_refusals
+from mtls_proxy.x509_strict import strict_ca_problems
 
 
 @dataclass(frozen=True)
@@ -351,10 +351,8 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
                 "; to trust exactly this certificate (a self-signed app certificate, say), list it in"
                 " tls.client_certs instead" if in_file else ""))
         for c in found if strict else ():
-            for why in strict_ca_refusals(c):
-                loader.problem(kp, f"{ca}: the CA {c.subject.rfc4514_string()!r} {why}: with tls.x509_strict: "
-                               "true (the default) OpenSSL refuses every client chain through it; re-issue the "
-                               "CA, or set tls.x509_strict: false")
+            for problem in strict_ca_problems(c):
+                loader.problem(kp, f"{ca}: {problem}")
         ca_certs += found
 
     pinned: list[tuple[str, x509.Certificate]] = []

@@ -101,3 +101,12 @@ def strict_leaf_refusals(cert: x509.Certificate) -> list[str]:
     if bc is not None and bc.value.path_length is not None and not bc.value.ca:  # type: ignore[attr-defined]
         out.append("sets a path length but is not a CA")
     return out
+
+
+def strict_ca_problems(cert: x509.Certificate) -> list[str]:
+    """:func:`strict_ca_refusals` as operator sentences: ``check``'s problems, ``pki init --import-ca``'s refusals."""
+    return [
+        f"the CA {cert.subject.rfc4514_string()!r} {why}: with tls.x509_strict: true (the default) OpenSSL refuses"
+        " every client chain through it; re-issue the CA, or set tls.x509_strict: false"
+        for why in strict_ca_refusals(cert)
+    ]

@@ -172,3 +172,19 @@ def test_chain_depth_limit():
     p = parse_peer(issued.cert.public_bytes(Encoding.DER), chain)
     assert everyone.with_trust([], (), max_chain=2).evaluate(p, "GET", "/").allowed
     assert everyone.with_trust([], (), max_chain=1).evaluate(p, "GET", "/").reason == "chain_too_long"
+
+
+def test_pinned_certificate_without_eku_is_judged_like_any_client():
+    """judge_client delegates the trust checks to trust.certificate_refusal; the rest applies as usual."""
+    pinned = X.issue_certificate({"CN": "pinned-app"}, ekus=None)  # self-signed, no EKU
+    der = pinned.cert.public_bytes(Encoding.DER)
+    fp = __import__("hashlib").sha256(der).hexdigest()
+    p = parse_peer(der)
+    everyone = compile_ok({"rules": [{"name": "all", "paths": ["/"], "clients": "any"}]})
+    ca_fp = __import__("hashlib").sha256(CA.cert.public_bytes(Encoding.DER)).hexdigest()
+    assert everyone.with_trust([], [ca_fp], pinned=[fp]).evaluate(p, "GET", "/").allowed
+    assert everyone.with_trust([], [ca_fp]).evaluate(p, "GET", "/").reason == "client_auth_eku_missing"
+    denied = compile_ok({"rules": [{"name": "all", "paths": ["/"], "clients": "any"}], "deny": {"fingerprints": [fp]}})
+    assert denied.with_trust([], [ca_fp], pinned=[fp]).evaluate(p, "GET", "/").reason == "denylisted"
+    revoked = everyone.with_trust([(p.issuer_dn, p.serial)], [ca_fp], pinned=[fp])
+    assert revoked.evaluate(p, "GET", "/").reason == "revoked"
