@@ -115,5 +115,6 @@ def judge_client_cert(settings: Settings, material: TrustMaterial, cert: x509.Ce
     denial = policy.judge_client(parse_peer(der, chain))
     if denial is not None:
         refused = True
-        reasons.append(f"refused on every request: 403 {denial.reason}")
+        reasons.append("revoked by tls.crl: refused at the handshake (cert_revoked); open connections get 403 revoked"
+                       if denial.reason == "revoked" else f"refused on every request: 403 {denial.reason}")
     return not refused, reasons
