@@ -74,6 +74,9 @@ def trust_notes(settings: Settings, material: TrustMaterial, now: dt.datetime) -
             if c.not_valid_after_utc < now:
                 notes.append(f"{key_path}: {c.subject.rfc4514_string()!r} expired on "
                              f"{c.not_valid_after_utc:%Y-%m-%d}: handshakes with it are refused (cert_expired)")
+            else:
+                notes.append(f"{key_path}: {c.subject.rfc4514_string()!r} is valid until "
+                             f"{c.not_valid_after_utc:%Y-%m-%d}; then every install that carries it is refused")
     if material.cas:
         notes.append(STRICT_NOTE if settings.tls.x509_strict else NOT_STRICT_NOTE)
     return notes

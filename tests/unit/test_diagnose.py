@@ -61,11 +61,15 @@ def test_notes_for_pins(tmp_path, pki):
     s, m = settings(tmp_path, pki, client_certs=[pem(tmp_path, "a.pem", self_signed), pem(tmp_path, "b.pem", expired)])
     notes = trust_notes(s, m, NOW)
     assert notes[0].startswith("tls.client_certs pins 2 certificate(s). Each pinned certificate is ONE identity")
-    assert notes[1] == (f"tls.client_certs[1]: 'CN=gone' expired on {expired.cert.not_valid_after_utc:%Y-%m-%d}: "
-                        "handshakes with it are refused (cert_expired)")
-    assert len(notes) == 2  # no client CA: nothing about strictness
+    assert notes[1:] == [
+        f"tls.client_certs[0]: 'CN=app' is valid until {self_signed.cert.not_valid_after_utc:%Y-%m-%d}; then every "
+        "install that carries it is refused",
+        f"tls.client_certs[1]: 'CN=gone' expired on {expired.cert.not_valid_after_utc:%Y-%m-%d}: handshakes with it "
+        "are refused (cert_expired)",
+    ]  # no client CA: nothing about strictness
     s, m = settings(tmp_path, pki, client_certs=pem(tmp_path, "c.pem", ca_issued), client_ca=str(pki.ca_pem))
-    assert trust_notes(s, m, NOW)[1:] == [PARTIAL_CHAIN_NOTE, STRICT_NOTE]
+    notes = trust_notes(s, m, NOW)
+    assert notes[1] == PARTIAL_CHAIN_NOTE and notes[3] == STRICT_NOTE and len(notes) == 4
 
 
 @pytest.mark.parametrize("strict", [True, False])
