@@ -21,9 +21,12 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from mtls_proxy.certs import load_certificates
 from mtls_proxy.errors import ConfigError, ConfigProblem
 from mtls_proxy.paths import MAX_PATH_LENGTH, MAX_PATH_SEGMENTS
 from mtls_proxy.policy import Policy, compile_policy
+from mtls_proxy.trust import pin_refusal
+from mtls_proxy.x509_strict import strict_ca_problems
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,10 @@ class TlsSettings:
     session_tickets: bool = True
     #: most CA certificates allowed between a client leaf and its anchor (anchor included); longer: 403
     verify_depth: int = 2
+    #: pinned client certificates (PEM or DER files), each trusted exactly, by its SHA-256
+    client_certs: tuple[Path, ...] = ()
+    #: OpenSSL's RFC 5280 profile checks (X509_STRICT); false accepts e.g. leaves without an AKID
+    x509_strict: bool = True
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,8 @@ class Settings:
 
     def watched_files(self) -> tuple[Path, ...]:
         """Every file a reload reads: what ``reload.watch`` watches."""
-        files = [self.source, self.tls.cert, self.tls.key, *self.tls.client_ca, *self.tls.crl]
+        files = [self.source, self.tls.cert, self.tls.key, *self.tls.client_ca, *self.tls.client_certs,
+                 *self.tls.crl]
         if self.identity.signing_key_file is not None:
             files.append(self.identity.signing_key_file)
         return tuple(files)
@@ -329,17 +337,21 @@ def _is_ca(cert: x509.Certificate) -> bool:
 
 def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509.Certificate]]:
     d = loader.mapping(
-        raw, "tls", ("cert", "key", "client_ca", "crl", "crl_refresh", "min_version", "handshake_timeout",
-                     "server_names", "session_tickets", "verify_depth"),
+        raw, "tls", ("cert", "key", "client_ca", "client_certs", "crl", "crl_refresh", "min_version",
+                     "handshake_timeout", "server_names", "session_tickets", "verify_depth", "x509_strict"),
     )
     if raw is None:
         return None, []  # reported once as "tls: required"
-    for req in ("cert", "key", "client_ca"):
+    for req in ("cert", "key"):
         if req not in d:
             loader.problem(f"tls.{req}", "required")
+    if "client_ca" not in d and not d.get("client_certs"):
+        loader.problem("tls.client_ca", "required (a client CA), unless tls.client_certs pins client certificates")
     cert = loader.file(d["cert"], "tls.cert") if "cert" in d else None
     key = loader.file(d["key"], "tls.key") if "key" in d else None
     cas = loader.files(d["client_ca"], "tls.client_ca") if "client_ca" in d else ()
+    pinned_files = loader.files(d["client_certs"], "tls.client_certs") if d.get("client_certs") else ()
+    strict = loader.typed(d, "x509_strict", "tls", bool, True)
     crl_files, crl_urls = _split_crl_entries(loader, d.get("crl"))
     crls = loader.files(crl_files, "tls.crl") if crl_files else ()
     min_version = str(d.get("min_version", "1.2"))
@@ -370,12 +382,33 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
     ca_certs: list[x509.Certificate] = []
     for i, ca in enumerate(cas):
         kp = f"tls.client_ca[{i}]" if isinstance(d.get("client_ca"), list) else "tls.client_ca"
-        found = [c for c in _load_pem_certs(loader, ca, kp) if _is_ca(c)]
+        in_file = _load_pem_certs(loader, ca, kp)
+        found = [c for c in in_file if _is_ca(c)]
         if not found:
-            loader.problem(kp, f"{ca}: holds no CA certificate (basicConstraints CA:TRUE)")
+            loader.problem(kp, f"{ca}: holds no CA certificate (basicConstraints CA:TRUE)" + (
+                "; to trust exactly this certificate (a self-signed app certificate, say), list it in"
+                " tls.client_certs instead" if in_file else ""))
+        for c in found if strict else ():
+            for problem in strict_ca_problems(c):
+                loader.problem(kp, f"{ca}: {problem}")
         ca_certs += found
 
+    pinned: list[tuple[str, x509.Certificate]] = []
+    for i, pf in enumerate(pinned_files):
+        kp = f"tls.client_certs[{i}]" if isinstance(d.get("client_certs"), list) else "tls.client_certs"
+        try:
+            certs = load_certificates(pf.read_bytes())
+        except ValueError:
+            loader.problem(kp, f"{pf}: no certificate could be read (PEM, or DER as keytool -exportcert writes)")
+            continue
+        for c in certs:
+            refusal = pin_refusal(c)
+            if refusal is not None:
+                loader.problem(kp, f"{pf}: {c.subject.rfc4514_string()!r} {refusal}")
+            pinned.append((kp, c))
+
     now = dt.datetime.now(dt.UTC)
+    crl_issuers: list[x509.Name] = []
     for i, crl_path in enumerate(crls):
         kp = f"tls.crl[{i}]" if isinstance(d.get("crl"), list) else "tls.crl"
         try:
@@ -388,8 +421,17 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
             loader.problem(kp, f"{crl_path}: not signed by any configured client CA")
         if crl.next_update_utc is not None and crl.next_update_utc < now:
             loader.problem(kp, f"{crl_path}: expired (nextUpdate {crl.next_update_utc:%Y-%m-%d %H:%M:%S}Z)")
+        crl_issuers.append(crl.issuer)
 
-    if cert is None or key is None or not cas:
+    for kp, c in pinned if (crls or crl_urls) else ():  # a CRL URL's issuer is unknown here: refused too
+        if c.issuer not in crl_issuers:
+            loader.problem(kp, f"{c.subject.rfc4514_string()!r}: with tls.crl set, OpenSSL wants a CRL from the issuer"
+                           f" of every client certificate and none is from {c.issuer.rfc4514_string()!r} (a"
+                           " self-signed certificate has none): every handshake with it would fail (crl_missing);"
+                           " remove tls.crl while certificates are pinned (refuse one with policy.deny or by"
+                           " unpinning it)")
+
+    if cert is None or key is None or not (cas or pinned_files):
         return None, ca_certs
     return (
         TlsSettings(
@@ -399,6 +441,8 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
             server_names=tuple(s.lower() for s in server_names),
             session_tickets=loader.typed(d, "session_tickets", "tls", bool, True),
             verify_depth=_verify_depth(loader, d),
+            client_certs=pinned_files,
+            x509_strict=strict,
         ),
         ca_certs,
     )

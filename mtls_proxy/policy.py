@@ -4,10 +4,10 @@ Default deny. The deny-list (serials, certificate fingerprints, SPKI pins) is ch
 first (by :func:`mtls_proxy.judging.judge`), then the first rule whose method and
 path match decides. A rule either denies, or allows the clients
 that satisfy any one of its ``clients`` matchers (all fields of one matcher must
-hold). ``clients: any`` means every client whose certificate chained to a pinned
-client CA (the TLS layer already proved that); ``clients: none`` admits clients that
-presented no certificate (a ``client_auth: optional`` listener, e.g. for enrollment),
-and nothing else does.
+hold). ``clients: any`` means every client whose certificate chained to a configured
+client CA or is a pinned client certificate (the TLS layer already proved that);
+``clients: none`` admits clients that presented no certificate (a ``client_auth: optional``
+listener, e.g. for enrollment), and nothing else does.
 
 Path patterns are matched against :func:`mtls_proxy.paths.normalize_path` output:
 ``/api/`` (ends with ``/``) is a prefix and also matches ``/api``; a pattern with

@@ -29,7 +29,7 @@ from mtls_proxy.errors import ConfigError
 from mtls_proxy.frontends.http1 import Http1Connection
 from mtls_proxy.logs import setup_logging
 from mtls_proxy.state import RuntimeState, build_state, load_state
-from mtls_proxy.tls import classify_handshake_error
+from mtls_proxy.tls import classify_handshake_error, handshake_failure_hint
 from mtls_proxy.tlsconn import TlsServerConnection
 from mtls_proxy.upstream import UpstreamPool
 from mtls_proxy.watch import watch_and_reload
@@ -210,7 +210,8 @@ class ProxyServer:
         reason = classify_handshake_error(exc)
         metrics.handshake_failed(reason)
         if self._handshake_log.allow(self.loop.time()):
-            log.warning("tls handshake failed: client=%s reason=%s detail=%s", address, reason, exc)
+            log.warning("tls handshake failed: client=%s reason=%s detail=%s%s", address, reason, exc,
+                        handshake_failure_hint(reason))
 
     def _connection_closed(self) -> None:
         self._slot_free.set()

@@ -10,7 +10,6 @@ and a failed build leaves the old one serving.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import itertools
 import ssl
 from collections.abc import Mapping
@@ -19,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
-from mtls_proxy.certs import rebuild_chain
+from mtls_proxy.certs import load_certificates, rebuild_chain
 from mtls_proxy.config import Settings, load_settings
 from mtls_proxy.crlfetch import CrlCache, CrlFetchError
 from mtls_proxy.errors import ConfigError, ConfigProblem
 from mtls_proxy.identity import IdentityEncoder, IdentityOptions, load_signing_key
 from mtls_proxy.policy import Policy
 from mtls_proxy.tls import build_server_context
+from mtls_proxy.trust import fingerprint_sha256
 
 _generations = itertools.count(1)
 
@@ -47,8 +46,10 @@ class TrustFacts:
 
     #: (issuer RFC 4514 DN, serial) pairs revoked by the configured CRLs
     revoked: frozenset[tuple[str, int]] = frozenset()
-    #: SHA-256 (hex) of the trust anchors currently configured; empty: not checked
+    #: SHA-256 (hex) of the trust anchors currently configured (client CAs); both empty: not checked
     anchors: frozenset[str] = frozenset()
+    #: SHA-256 (hex) of the pinned client certificates (tls.client_certs): each an anchor for itself only
+    pinned: frozenset[str] = frozenset()
     #: most CA certificates allowed above the leaf; 0: not checked
     max_chain: int = 0
     crls: tuple[CrlWindow, ...] = ()
@@ -151,6 +152,7 @@ def build_state(settings: Settings, now: float, crl_cache: CrlCache | None = Non
     )
     leaf = x509.load_pem_x509_certificates(settings.tls.cert.read_bytes())[0]
     cas = [c for p in settings.tls.client_ca for c in x509.load_pem_x509_certificates(p.read_bytes())]
+    pinned = [c for p in settings.tls.client_certs for c in load_certificates(p.read_bytes())]
     return RuntimeState(
         settings=settings,
         ssl_context=ctx,
@@ -158,7 +160,8 @@ def build_state(settings: Settings, now: float, crl_cache: CrlCache | None = Non
         policy=settings.policy,
         trust=TrustFacts(
             revoked=frozenset(revoked),
-            anchors=frozenset(hashlib.sha256(c.public_bytes(Encoding.DER)).hexdigest() for c in cas),
+            anchors=frozenset(fingerprint_sha256(c) for c in cas),
+            pinned=frozenset(fingerprint_sha256(c) for c in pinned),
             max_chain=settings.tls.verify_depth,
             crls=tuple(crl_windows),
         ),

@@ -274,3 +274,17 @@ def test_none_admits_only_clients_without_a_certificate(pki, state):
                                "policy", parse_size)
     st = dataclasses.replace(state, policy=policy, peer_verdicts={})
     assert reason(head(b"/enroll/x"), facts(device(pki)), st) == "client_not_allowed"
+
+
+def test_pinned_certificate_without_eku_is_judged_like_any_client(state):
+    """The trust checks come from trust.certificate_refusal; deny-list, CRLs and rules apply as usual."""
+    pinned = X.issue_certificate({"CN": "pinned-app"}, ekus=None)  # self-signed, no EKU
+    p = parse_peer(der(pinned.cert))
+    fp = p.fingerprint_sha256
+    assert reason(head(), facts(p), with_trust(state, pinned=frozenset({fp}))) == "allowed"
+    assert reason(head(), facts(p), state) == "client_auth_eku_missing"  # not pinned: no EKU is refused
+    policy, _ = compile_policy({**POLICY, "deny": {"fingerprints": [fp]}}, "policy", parse_size)
+    denied = dataclasses.replace(with_trust(state, pinned=frozenset({fp})), policy=policy, peer_verdicts={})
+    assert reason(head(), facts(p), denied) == "denylisted"
+    revoked = with_trust(state, pinned=frozenset({fp}), revoked=frozenset({(p.issuer_dn, p.serial)}))
+    assert reason(head(), facts(p), revoked) == "revoked"
