@@ -253,6 +253,9 @@ class Exchange:
             return
         up = self.upstream
         if up is not None:
+            # the upstream read timer counts from the end of the request: while the body still flows the
+            # upstream is not late (a slow phone upload must not get 504 upstream_timeout)
+            self.upstream_activity = self.ctx.loop.time()
             if self.head.chunked:
                 up.writelines((chunk_header(n), data, EOL))
             else:
@@ -265,6 +268,7 @@ class Exchange:
 
     def client_body_end(self) -> None:
         self.body_done = True
+        self.upstream_activity = self.ctx.loop.time()
         up = self.upstream
         if up is not None and self.head.chunked and not self.refused:
             up.write(CHUNKED_END)

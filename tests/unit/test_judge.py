@@ -236,7 +236,8 @@ def test_judgment_is_pure_and_memo_does_not_change_it(pki, state):
 
 def test_every_outcome_reason_is_reachable_or_a_proxy_failure():
     """The outcome table holds no reason that nothing produces (the parametrised cases above cover them)."""
-    produced_elsewhere = {"request_head_too_large", "rate_limited"}  # parser limits; admission (rate per address)
+    # parser limits, the body timer, admission (rate per address)
+    produced_elsewhere = {"request_head_too_large", "client_body_timeout", "rate_limited"}
     covered = {
         "unsupported_transfer_coding", "expectation_failed", "multiple_host", "http_version_not_supported",
         "te_in_http10", "missing_host", "bad_upgrade", "not_origin_form", "control_character", "backslash",
