@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote
 
 from mtls_proxy.certs import PeerIdentity
@@ -55,8 +55,9 @@ class PeerVerdict:
         return self.reason is None
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
+    """The decision on one request (a tuple: made on every request, it must be cheap to build)."""
+
     allowed: bool
     reason: str
     rule: str = "-"
