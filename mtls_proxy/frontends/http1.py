@@ -220,8 +220,11 @@ class Http1Connection(asyncio.Protocol):
                     self._pause(_PAUSE_PIPELINE)
                     return
                 cut = len(data)
-                if data.count(_HEAD_END) > room:
-                    pos = -1
+                # the rest of a Content-Length body cannot hold a head: count terminators after it only
+                # (scanning every uploaded byte cost more than forwarding it)
+                skip = self._body_left()
+                if skip < cut and data.count(_HEAD_END, skip) > room:
+                    pos = skip - 1
                     for _ in range(room):
                         pos = data.find(_HEAD_END, pos + 1)
                     cut = pos + len(_HEAD_END)
@@ -231,6 +234,14 @@ class Http1Connection(asyncio.Protocol):
                 self._resume(_PAUSE_PIPELINE)
         finally:
             self._feeding = False
+
+    def _body_left(self) -> int:
+        """Bytes of the Content-Length body being parsed still to come (0 when in a head or a chunked body)."""
+        p = self._parsing
+        ex = p.exchange if p is not None else None
+        if ex is None or ex.head.content_length is None or ex.head.chunked:
+            return 0
+        return max(ex.head.content_length - ex.body_received, 0)
 
     def _parse(self, data: bytes) -> None:
         head_before = self._parsing if self._parsing is not None and self._parsing.exchange is None else None
