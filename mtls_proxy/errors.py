@@ -41,7 +41,7 @@ class ExpectationFailed(ProxyError):
 
 
 class VersionNotSupported(ProxyError):
-    """Only HTTP/1.0 and HTTP/1.1 are spoken on the listener (ALPN offers http/1.1 only)."""
+    """A request line with a version other than HTTP/1.0 or 1.1 (HTTP/2 is spoken only when ALPN picks h2)."""
 
     status = 505
     reason = "http_version_not_supported"

@@ -25,6 +25,7 @@ from mtls_proxy.admin import start_admin, upstream_reachable
 from mtls_proxy.config import ListenAddress
 from mtls_proxy.context import ServerContext
 from mtls_proxy.errors import ConfigError
+from mtls_proxy.frontends.h2 import H2Connection
 from mtls_proxy.frontends.http1 import Http1Connection
 from mtls_proxy.logs import setup_logging
 from mtls_proxy.state import RuntimeState, load_state
@@ -69,6 +70,11 @@ class RateLimitedLog:
         if self.suppressed:
             log.warning("%d similar log lines suppressed in the last %.0fs", self.suppressed, self.interval)
             self.suppressed = 0
+
+
+def frontend_for(alpn: str | None, ctx: ServerContext) -> asyncio.Protocol:
+    """The frontend for the protocol ALPN picked: HTTP/2 for "h2", HTTP/1.1 otherwise (no ALPN included)."""
+    return H2Connection(ctx) if alpn == "h2" else Http1Connection(ctx)
 
 
 def bind_listener(address: ListenAddress) -> socket.socket:
@@ -142,14 +148,20 @@ class ProxyServer:
     def _tls_for(self, addr: Any) -> TlsServerConnection:
         """TLS with the context current at accept time: a reload applies to every new connection."""
         state = self.state
-        return TlsServerConnection(
+        tls: TlsServerConnection
+
+        def frontend() -> asyncio.Protocol:
+            return frontend_for(tls.get_extra_info("ssl_object").selected_alpn_protocol(), self.ctx)
+
+        tls = TlsServerConnection(
             state.ssl_context,
-            lambda: Http1Connection(self.ctx),
+            frontend,
             state.settings.tls.handshake_timeout,
             self._handshake_done,
             lambda exc: self._handshake_failed(addr, exc),
             self.loop,
         )
+        return tls
 
     def _handshake_done(self) -> None:
         self.handshaking -= 1

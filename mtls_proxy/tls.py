@@ -46,7 +46,9 @@ def build_server_context(tls: TlsSettings) -> ssl.SSLContext:
         # Leaf check against the issuing CA's CRL; a missing or expired CRL fails the handshake (closed).
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
-    ctx.set_alpn_protocols(["http/1.1"])
+    # RFC 8740 (HTTP/2 over TLS 1.3 forbids post-handshake authentication): the certificate is asked
+    # for in the handshake, never later, whichever protocol ALPN picks.
+    ctx.set_alpn_protocols(list(tls.alpn))
     ctx.sni_callback = _remember_sni
     return ctx
 

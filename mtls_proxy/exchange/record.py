@@ -17,7 +17,8 @@ def record_exchange(facts: ConnectionFacts, ex: Exchange, reason: str, duration:
     """Count ``ex`` in the request metrics and write its access line (when the access log is on)."""
     head = ex.head
     bytes_in = head.head_size + ex.body_received
-    metrics.observe_request(head.method, ex.rule, ex.resp_status, duration, ex.upstream_time, bytes_in, ex.bytes_out)
+    metrics.observe_request(head.method, ex.rule, ex.resp_status, duration, ex.upstream_time, bytes_in, ex.bytes_out,
+                            protocol)
     if access_log.disabled or not access_log.isEnabledFor(logging.INFO):
         return
     peer = facts.peer

@@ -150,7 +150,7 @@ def _framing(head: RequestHead) -> str | None:
         return "expectation_failed"
     if head.host_count > 1:
         return "multiple_host"
-    if head.version not in ("1.1", "1.0"):
+    if head.version not in ("1.1", "1.0", "2"):
         return "http_version_not_supported"
     if head.chunked and head.version == "1.0":
         return "te_in_http10"
