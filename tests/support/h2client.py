@@ -20,6 +20,9 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import Frame, SettingsFrame
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 @dataclass
@@ -46,7 +49,7 @@ class H2Client:
     """One HTTP/2 connection to the proxy (TLS, ALPN h2, the context's client certificate)."""
 
     def __init__(self, port: int, ctx: ssl.SSLContext, *, host: str = "localhost", auto_ack: bool = True,
-                 window: int | None = None, timeout: float = 30.0) -> None:
+                 window: int | None = None, conn_window: int = 16 << 20, timeout: float = 30.0) -> None:
         ctx.set_alpn_protocols(["h2"])
         self.port = port
         self.host = host
@@ -61,7 +64,10 @@ class H2Client:
             self.conn.local_settings = h2.settings.Settings(client=True, initial_values={
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window, h2.settings.SettingCodes.ENABLE_PUSH: 0})
         self.conn.initiate_connection()
+        if conn_window:
+            self.conn.increment_flow_control_window(conn_window)  # as curl, OkHttp and browsers do
         self.auto_ack = auto_ack
+        self.hold: set[int] = set()  # streams whose received data is never acknowledged (a stalled reader)
         self.streams: dict[int, StreamResult] = {}
         self.goaway: h2.events.ConnectionTerminated | None = None
         self.closed = False
@@ -155,7 +161,7 @@ class H2Client:
             st.headers = list(ev.headers)
         elif isinstance(ev, h2.events.DataReceived) and st is not None:
             st.body += ev.data
-            if self.auto_ack and ev.flow_controlled_length:
+            if self.auto_ack and ev.flow_controlled_length and ev.stream_id not in self.hold:
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         elif isinstance(ev, h2.events.StreamEnded) and st is not None:
             st.ended = True
@@ -163,6 +169,8 @@ class H2Client:
             st.reset = int(ev.error_code)
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.goaway = ev
+            # Go on as a client that has not seen the GOAWAY yet (racing it), to see what such a client gets.
+            self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -182,6 +190,60 @@ class H2Client:
         while self.read_some(max(deadline - time.monotonic(), 0.01)):
             if time.monotonic() > deadline:
                 raise TimeoutError("server did not close the connection")
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class RawH2:
+    """Frames as bytes, both ways: for what a conforming client (h2 included) would never send."""
+
+    def __init__(self, port: int, ctx: ssl.SSLContext, *, host: str = "localhost", timeout: float = 10.0) -> None:
+        ctx.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = ctx.wrap_socket(raw, server_hostname=host)
+        assert self.sock.selected_alpn_protocol() == "h2"
+        self.buf = b""
+        self.frames: list[Frame] = []
+        self.closed = False
+        self.sock.sendall(PREFACE + SettingsFrame(0).serialize())
+
+    def send(self, *frames: Frame | bytes) -> None:
+        data = b"".join(f if isinstance(f, bytes) else f.serialize() for f in frames)
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            self.closed = True
+
+    def read_until_closed(self, timeout: float = 10.0) -> list[Frame]:
+        """Every frame the server sent until it closed the connection (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while not self.closed and time.monotonic() < deadline:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, socket.timeout):
+                break
+            except (ConnectionResetError, ssl.SSLError, OSError):
+                data = b""
+            if not data:
+                self.closed = True
+                break
+            self.buf += data
+            self._parse()
+        return self.frames
+
+    def _parse(self) -> None:
+        while len(self.buf) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(self.buf[:9]))
+            if len(self.buf) < 9 + length:
+                return
+            frame.parse_body(memoryview(self.buf[9:9 + length]))
+            self.buf = self.buf[9 + length:]
+            self.frames.append(frame)
 
     def close(self) -> None:
         try:
