@@ -674,6 +674,7 @@ class H2Connection(asyncio.Protocol):
                     self._exceeded("zero_window", ErrorCodes.ENHANCE_YOUR_CALM)  # the whole connection is stuck
                     return
                 self._log_limit("zero_window")
+                st.ex.client_gone()  # the upstream response is abandoned with the stream
                 self.reset(st, "zero_window_timeout", ErrorCodes.CANCEL)
             elif (not st.body_done and not st.body_paused and not st.ex.refused
                   and now - st.body_activity >= limits.body_timeout):

@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import atheris
 
 with atheris.instrument_imports(include=["mtls_proxy"]):
+    import mtls_proxy.exchange.forwarding
     import mtls_proxy.http1
     import mtls_proxy.identity
-    import mtls_proxy.paths
-    import mtls_proxy.exchange.forwarding
     import mtls_proxy.judging
+    import mtls_proxy.paths
     import mtls_proxy.policy  # noqa: F401
 
 from mtls_proxy.paths import AmbiguousPath, normalize_path

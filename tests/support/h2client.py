@@ -9,6 +9,7 @@ attacks h2 itself would never send.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -88,7 +89,8 @@ class H2Client:
         self.sock.sendall(data)
 
     # --- requests -------------------------------------------------------------------------------------------
-    def headers_for(self, method: str, path: str, extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:
+    def headers_for(self, method: str, path: str,
+                    extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:
         return [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", self.authority),
                 (b":path", path.encode()), *(extra or [])]
 
@@ -135,7 +137,7 @@ class H2Client:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(65536)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return True
         except (ConnectionResetError, ssl.SSLError, OSError):
             data = b""
@@ -192,10 +194,8 @@ class H2Client:
                 raise TimeoutError("server did not close the connection")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 class RawH2:
@@ -225,7 +225,7 @@ class RawH2:
             self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
             try:
                 data = self.sock.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 break
             except (ConnectionResetError, ssl.SSLError, OSError):
                 data = b""
@@ -246,7 +246,5 @@ class RawH2:
             self.frames.append(frame)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass

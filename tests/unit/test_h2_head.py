@@ -102,7 +102,8 @@ def test_malformed_requests(headers, reason):
 
 def test_response_headers_drop_hop_by_hop_and_lower_case():
     upstream = [(b"Content-Type", b"text/plain"), (b"Connection", b"close, X-Secret"), (b"X-Secret", b"1"),
-                (b"Keep-Alive", b"5"), (b"Transfer-Encoding", b"chunked"), (b"Upgrade", b"h2c"), (b"Set-Cookie", b"a=1")]
+                (b"Keep-Alive", b"5"), (b"Transfer-Encoding", b"chunked"), (b"Upgrade", b"h2c"),
+                (b"Set-Cookie", b"a=1")]
     out = response_headers(200, upstream, keep_length=False, extra=((b"client-cert-renew-by", b"x"),))
     assert out == [(b":status", b"200"), (b"content-type", b"text/plain"), (b"set-cookie", b"a=1"),
                    (b"client-cert-renew-by", b"x")]
