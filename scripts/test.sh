@@ -4,11 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real clients the tests use: curl, openssl s_client, the JDK's javac/keytool/java (JSSE client).
+# Real clients the tests use: curl, openssl s_client, the JDK's javac/keytool/java (JSSE client), OkHttp.
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 { command -v javac >/dev/null && command -v keytool >/dev/null; } || missing+=(default-jdk-headless)
+[ -f /usr/share/java/okhttp.jar ] && [ -f /usr/share/java/okio.jar ] || missing+=(libokhttp-java)  # HTTP/2 test
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing test tools: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
