@@ -16,6 +16,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 
 import httpx
@@ -196,6 +197,82 @@ def test_a_stalled_reader_stalls_only_its_own_stream(proxy, pki):
     assert hashlib.sha256(client.streams[b].body).hexdigest() == pattern_sha256(16 * MIB, "b")
     assert stalled <= 65535  # the client's initial window: nothing more was sent while it was closed
     assert hashlib.sha256(client.streams[a].body).hexdigest() == pattern_sha256(16 * MIB, "a")
+
+
+class StallingUpstream:
+    """A tiny HTTP/1.1 upstream: ``/stall`` is never read past its head (a Django that does not read an
+    upload); anything else is answered 200 at once. Django's own ASGI handler reads whole bodies first,
+    so it cannot play the slow reader."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(1)
+            if not chunk:
+                return
+            head += chunk
+        if head.startswith(b"POST /stall"):
+            self.held.append(conn)  # never read again
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+def test_a_slow_upstream_reader_stalls_only_its_own_upload(proxies, pki):
+    """The upstream does not read an upload: the proxy stops acknowledging that stream's DATA (its
+    window stays closed), while another stream on the same connection is answered at once."""
+    stalling = StallingUpstream()
+    proxy = proxies.start(upstream=f"http://127.0.0.1:{stalling.port}", limits={"max_body_size": "1G"})
+    client = H2Client(proxy.port, ctx_for(pki, "h2-slow-up"))
+    total = 512 * MIB
+    try:
+        up = client.send_headers(client.headers_for("POST", "/stall", [(b"content-length", str(total).encode())]),
+                                 end=False)
+        piece = b"u" * 16384
+        sent = 0
+        quiet_since = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            room = min(client.conn.local_flow_control_window(up), len(piece))
+            if room > 0:
+                client.conn.send_data(up, piece[:room])
+                sent += room
+                client.flush()
+                quiet_since = None
+                continue
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 2.0:
+                break  # no WINDOW_UPDATE for 2 s: stalled
+            client.read_some(0.2)
+        window = client.conn.local_flow_control_window(up)
+        t = time.monotonic()
+        other = client.get("/other")
+        other_took = time.monotonic() - t
+    finally:
+        client.close()
+        stalling.close()
+    assert window <= 0 and 0 < sent < total, (window, sent)
+    assert other.status == 200 and bytes(other.body) == b"ok" and other_took < 1.0
 
 
 def test_expect_100_continue(proxy, pki):
