@@ -310,8 +310,12 @@ class H2Connection(asyncio.Protocol):
         log.info("send timeout: client %s took no bytes for %.0fs", self.facts.client_ip.decode(),
                  self.ctx.state.settings.limits.send_timeout)
         metrics.denied("send_timeout")
-        for st in self.streams.values():
-            st.ex.decision_reason = "send_timeout"
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for st in streams:
+            st.ex.client_gone()  # the upstream side is closed, never returned to the pool
+            st.ex.resp_done = True
+            self._record(st.ex, "send_timeout")
         self.abort()
 
     # --- input ---------------------------------------------------------------------------------------------------

@@ -289,7 +289,49 @@ def test_expect_100_continue(proxy, pki):
     assert json.loads(r.body)["length"] == 3
 
 
+def test_body_over_the_limit_while_streaming_is_413(proxies, pki):
+    proxy = proxies.start(limits={"max_body_size": "1M"})
+    client = H2Client(proxy.port, ctx_for(pki, "h2-413"))
+    try:
+        sid = client.send_headers(client.headers_for("POST", "/api/upload"), end=False)  # no content-length
+        client.send_body(sid, b"b" * (2 * MIB))
+        r = client.wait(sid)
+        after = client.get(ECHO)
+    finally:
+        client.close()
+    assert r.status == 413 and json.loads(r.body) == {"error": "request entity too large", "reason": "body_too_large"}
+    assert after.status == 200
+
+
 # --- connection-level rules ----------------------------------------------------------------------------------
+
+def test_idle_connection_gets_goaway_and_is_closed(proxies, pki):
+    proxy = proxies.start(limits={"idle_timeout": "1s"})
+    client = H2Client(proxy.port, ctx_for(pki, "h2-idle"))
+    try:
+        assert client.get(ECHO).status == 200
+        t = time.monotonic()
+        client.wait_for(lambda: client.goaway is not None, 10)
+        client.wait_closed(5)
+    finally:
+        client.close()
+    assert client.goaway.error_code == 0 and 0.9 <= time.monotonic() - t < 4
+
+
+def test_a_client_that_stops_reading_is_cut_off(proxies, pki):
+    proxy = proxies.start(limits={"send_timeout": "1s"})
+    # windows wide open (so flow control is not what stops the response): TCP fills up instead
+    client = H2Client(proxy.port, ctx_for(pki, "h2-deaf"), window=2**31 - 1, conn_window=2**31 - 65536)
+    mark = proxy.log_count()
+    try:
+        client.request("GET", f"/api/download?size={256 * MIB}&seed=deaf")  # and never read a byte
+        proxy.wait_for_log(r"send timeout: client 127\.0\.0\.1 took no bytes for 1s", 30, start=mark)
+        line = proxy.wait_for_log(r"access .*cn=h2-deaf .*status=200.*", 10, start=mark).group(0)
+    finally:
+        client.close()
+    assert "reason=send_timeout" in line and "protocol=h2" in line
+
+
 
 def test_revoking_reload_sends_goaway_and_403_on_new_streams(proxies, pki):
     victim = pki.client("h2-victim")

@@ -11,9 +11,11 @@ the log line ``http2 limit exceeded: <limit>`` and the metric.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import hpack
 import httpx
@@ -59,6 +61,11 @@ def metric(proxy, name: str, label: str) -> float:  # type: ignore[no-untyped-de
         if line.startswith(name + "{") and label in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def proxy_cpu_seconds(proxy) -> float:  # type: ignore[no-untyped-def]
+    fields = Path(f"/proc/{proxy.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def request_block(encoder: hpack.Encoder, port: int, path: str = "/api/echo", method: str = "GET",
@@ -180,6 +187,7 @@ def test_rapid_reset_ends_the_connection_and_others_stay_fast(proxies, pki, ctx)
     latencies.clear()
     thread = threading.Thread(target=measure, daemon=True)
     thread.start()
+    cpu_before = proxy_cpu_seconds(proxy)
     attacker = RawH2(proxy.port, ctx)
     encoder = hpack.Encoder()
     frames = []
@@ -193,6 +201,7 @@ def test_rapid_reset_ends_the_connection_and_others_stay_fast(proxies, pki, ctx)
             break
     got = attacker.read_until_closed()
     attacker.close()
+    attack_cpu = proxy_cpu_seconds(proxy) - cpu_before
     time.sleep(1.0)
     stop.set()
     thread.join(10)
@@ -206,6 +215,7 @@ def test_rapid_reset_ends_the_connection_and_others_stay_fast(proxies, pki, ctx)
     assert reached <= 101
     assert latencies, "the bystander made no request during the attack"
     assert statistics.median(latencies) < max(10 * baseline, 0.25), (baseline, latencies)
+    assert attack_cpu < 2.0, attack_cpu  # bystander's requests included
 
 
 def test_continuation_flood(proxy, ctx):
