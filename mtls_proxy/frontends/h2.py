@@ -72,6 +72,8 @@ from mtls_proxy.state import RuntimeState
 log = logging.getLogger("mtls_proxy")
 
 PROTOCOL = "h2"
+#: the smallest DATA frame sent unless it ends the data at hand (data dribble, CVE-2019-9511)
+_MIN_DATA_FRAME = 1024
 _TICK = 1.0  # seconds between checks of body and zero-window timeouts while streams are open
 # why a stream's upstream read is paused (a bit mask)
 _PAUSE_WINDOW = 1
@@ -559,9 +561,9 @@ class H2Connection(asyncio.Protocol):
         try:
             while out:
                 room = min(h2.local_flow_control_window(st.sid), h2.max_outbound_frame_size)
-                if room <= 0:
-                    break
                 chunk = out[0]
+                if room < min(len(chunk), _MIN_DATA_FRAME):
+                    break  # no frames of a few bytes for a client that opens its window a few bytes at a time
                 if len(chunk) <= room:
                     out.pop(0)
                     h2.send_data(st.sid, chunk, end_stream=not out and st.end_pending)

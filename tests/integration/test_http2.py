@@ -275,6 +275,19 @@ def test_a_slow_upstream_reader_stalls_only_its_own_upload(proxies, pki):
     assert other.status == 200 and bytes(other.body) == b"ok" and other_took < 1.0
 
 
+def test_head_and_repeated_response_fields(proxy, pki):
+    client = H2Client(proxy.port, ctx_for(pki, "h2-head"))
+    try:
+        head = client.wait(client.request("HEAD", "/api/download?size=1000&seed=h"))
+        cookies = client.get("/api/set-cookies")
+    finally:
+        client.close()
+    assert head.status == 200 and head.header(b"content-length") == b"1000" and head.body == b"" and head.ended
+    assert [v for n, v in cookies.headers if n == b"set-cookie"][0].startswith(b"a=1")
+    assert len([v for n, v in cookies.headers if n == b"set-cookie"]) == 2
+    assert all(n == n.lower() for n, _ in cookies.headers)
+
+
 def test_expect_100_continue(proxy, pki):
     client = H2Client(proxy.port, ctx_for(pki, "h2-expect"))
     try:

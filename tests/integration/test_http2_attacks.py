@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import h2.events
 import hpack
 import httpx
 import pytest
@@ -348,3 +349,26 @@ def test_zero_connection_window_ends_the_connection(proxies, ctx):
     assert client.goaway.error_code == ENHANCE_YOUR_CALM
     assert client.goaway.additional_data == b"zero_window"
     proxy.wait_for_log(r"http2 limit exceeded: zero_window client=127\.0\.0\.1 cn=h2-attacker")
+
+
+def test_data_dribble_gets_no_tiny_frames(proxy, ctx):
+    """A client opening its window 10 bytes at a time (CVE-2019-9511) gets no 10-byte DATA frames."""
+    client = H2Client(proxy.port, ctx, window=0)
+    try:
+        sid = client.request("GET", "/api/download?size=100000&seed=dribble")
+        client.wait_for(lambda: bool(client.streams[sid].headers))
+        for _ in range(50):
+            client.conn.increment_flow_control_window(10, stream_id=sid)
+        client.flush()
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            client.read_some(0.1)
+        assert client.streams[sid].body == b""  # 500 bytes of window: nothing sent yet
+        client.conn.increment_flow_control_window(200_000, stream_id=sid)
+        client.flush()
+        r = client.wait(sid)
+    finally:
+        client.close()
+    frames = [ev for ev in client.events if isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid and ev.data]
+    assert len(r.body) == 100_000
+    assert min(len(ev.data) for ev in frames[:-1]) >= 1024
