@@ -237,6 +237,7 @@ class H2Connection(asyncio.Protocol):
         self._dead = False  # a connection error or a close: nothing more is read
         self._goaway = ""  # why a GOAWAY was sent ("" none yet): "drain", "refused"
         self._send_timer: asyncio.TimerHandle | None = None
+        self._write_paused = False  # the transport asked us to stop writing (the client's TCP window is full)
         self._tick_handle: asyncio.TimerHandle | None = None
         self._last_activity = self.loop.time()
         self._window_start = 0.0
@@ -293,17 +294,21 @@ class H2Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The client is not taking our bytes: pause every stream's upstream, cut it off after send_timeout."""
+        self._write_paused = True
         for st in self.streams.values():
             st.pause(_PAUSE_TRANSPORT)
         if self._send_timer is None:
             self._send_timer = self.loop.call_later(self.ctx.state.settings.limits.send_timeout, self._on_send_timeout)
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
         for st in list(self.streams.values()):
             st.resume(_PAUSE_TRANSPORT)
+            if st.out:
+                self.push(st)
 
     def _on_send_timeout(self) -> None:
         self._send_timer = None
@@ -559,7 +564,7 @@ class H2Connection(asyncio.Protocol):
         h2 = self.h2
         out = st.out
         try:
-            while out:
+            while out and not self._write_paused:  # nothing more while the client is not taking our bytes
                 room = min(h2.local_flow_control_window(st.sid), h2.max_outbound_frame_size)
                 chunk = out[0]
                 if room < min(len(chunk), _MIN_DATA_FRAME):
@@ -579,9 +584,12 @@ class H2Connection(asyncio.Protocol):
             self._gone(st)
             return
         if out:
-            if not st.blocked_since:
-                st.blocked_since = self.loop.time()
-            st.pause(_PAUSE_WINDOW)
+            if self._write_paused:
+                st.pause(_PAUSE_TRANSPORT)  # resume_writing pushes it on
+            else:
+                if not st.blocked_since:
+                    st.blocked_since = self.loop.time()
+                st.pause(_PAUSE_WINDOW)
         else:
             st.blocked_since = 0.0
             if st.end_pending:

@@ -283,7 +283,7 @@ def test_head_and_repeated_response_fields(proxy, pki):
     finally:
         client.close()
     assert head.status == 200 and head.header(b"content-length") == b"1000" and head.body == b"" and head.ended
-    assert [v for n, v in cookies.headers if n == b"set-cookie"][0].startswith(b"a=1")
+    assert next(v for n, v in cookies.headers if n == b"set-cookie").startswith(b"a=1")
     assert len([v for n, v in cookies.headers if n == b"set-cookie"]) == 2
     assert all(n == n.lower() for n, _ in cookies.headers)
 
