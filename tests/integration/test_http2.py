@@ -316,6 +316,24 @@ def test_body_over_the_limit_while_streaming_is_413(proxies, pki):
     assert after.status == 200
 
 
+def test_silent_request_body_times_out_on_its_stream_only(proxies, pki):
+    proxy = proxies.start(limits={"body_timeout": "1s"})
+    client = H2Client(proxy.port, ctx_for(pki, "h2-body-timeout"))
+    try:
+        sid = client.send_headers(client.headers_for("POST", "/api/upload", [(b"content-length", b"10")]), end=False)
+        client.send_body(sid, b"12345", end=False)  # and then nothing
+        t = time.monotonic()
+        r = client.wait(sid, 10)
+        took = time.monotonic() - t
+        after = client.get(ECHO)
+    finally:
+        client.close()
+    # the status is the outcome table's for client_body_timeout (none listed: 500), as over HTTP/1.1
+    assert (r.status, json.loads(r.body)["reason"]) == (500, "client_body_timeout")
+    assert 0.9 <= took < 4 and after.status == 200
+    proxy.wait_for_log(r"client body timeout from 127\.0\.0\.1 \(stream 1\)")
+
+
 # --- connection-level rules ----------------------------------------------------------------------------------
 
 def test_idle_connection_gets_goaway_and_is_closed(proxies, pki):
