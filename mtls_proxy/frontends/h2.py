@@ -51,7 +51,7 @@ from h2.events import (
     StreamReset,
     WindowUpdated,
 )
-from h2.exceptions import DenialOfServiceError, ProtocolError, StreamClosedError, TooManyStreamsError
+from h2.exceptions import DenialOfServiceError, ProtocolError, TooManyStreamsError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
 from hpack.exceptions import InvalidTableSizeError, OversizedHeaderListError
@@ -382,7 +382,10 @@ class H2Connection(asyncio.Protocol):
             if event is not self._last_priority:  # not the one a HEADERS frame carried
                 self._count("empty_frames", self.limits.max_empty_frames_per_second)
         elif isinstance(event, ConnectionTerminated):
-            self._dead = True  # the client said GOAWAY: h2 sends nothing more, so nothing more can be answered
+            # The client said GOAWAY: h2 then sends nothing more, so open streams cannot be answered.
+            log.info("http2 GOAWAY from client=%s cn=%s code=%s open_streams=%d", self.facts.client_ip.decode(),
+                     self.facts.peer.common_name, event.error_code, len(self.streams))
+            self._dead = True
             self._close()
         # TrailersReceived: dropped, as HTTP/1.1 trailers are (its END_STREAM comes as StreamEnded)
 
@@ -503,7 +506,7 @@ class H2Connection(asyncio.Protocol):
         end = body == BODY_NONE
         try:
             self.h2.send_headers(st.sid, fields, end_stream=end)
-        except StreamClosedError:
+        except ProtocolError:  # StreamClosedError: the client reset it in a read not yet dispatched
             self._gone(st)
             return
         st.ended = end
@@ -515,7 +518,7 @@ class H2Connection(asyncio.Protocol):
         if not self._dead and self.streams.get(st.sid) is st:
             try:
                 self.h2.send_headers(st.sid, [(b":status", b"100")])
-            except StreamClosedError:
+            except ProtocolError:
                 self._gone(st)
                 return
             if not self._batch:
@@ -547,7 +550,7 @@ class H2Connection(asyncio.Protocol):
             body = b""
         try:
             self.h2.send_headers(st.sid, fields, end_stream=not body)
-        except StreamClosedError:
+        except ProtocolError:  # StreamClosedError: the client reset it in a read not yet dispatched
             self._gone(st)
             return
         st.ended = not body
@@ -580,7 +583,7 @@ class H2Connection(asyncio.Protocol):
             if not out and st.end_pending and not st.ended:
                 h2.end_stream(st.sid)
                 st.ended = True
-        except StreamClosedError:
+        except ProtocolError:  # StreamClosedError: the client reset it in a read not yet dispatched
             self._gone(st)
             return
         if out:
@@ -610,7 +613,7 @@ class H2Connection(asyncio.Protocol):
         self._maybe_close()
 
     def _gone(self, st: _Stream) -> None:
-        """h2 says the stream is closed (the client reset it in a read not yet dispatched)."""
+        """h2 refused to send on the stream (the client reset it in a read not yet dispatched): abandon it."""
         if self.streams.get(st.sid) is st:
             self._on_client_reset(st.sid)
 
@@ -619,7 +622,7 @@ class H2Connection(asyncio.Protocol):
             return
         try:
             self.h2.reset_stream(sid, code)
-        except StreamClosedError:
+        except ProtocolError:
             return  # closed meanwhile by the client: nothing to reset
         if not self._batch:
             self._flush()

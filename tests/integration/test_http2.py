@@ -423,3 +423,20 @@ def proxy_admin(proxy) -> str:  # type: ignore[no-untyped-def]
     import yaml
 
     return str(yaml.safe_load(proxy.config_path.read_text())["admin"]["listen"])
+
+
+def test_client_goaway_closes_the_connection(proxy, pki):
+    """After the client's GOAWAY h2 sends nothing more: the open stream is abandoned (499) and the connection closed."""
+    client = H2Client(proxy.port, ctx_for(pki, "h2-bye"))
+    try:
+        client.request("GET", "/api/slow?seconds=3")
+        time.sleep(0.3)
+        client.conn.close_connection()
+        client.flush()
+        t = time.monotonic()
+        client.wait_closed(5)
+    finally:
+        client.close()
+    assert time.monotonic() - t < 2
+    proxy.wait_for_log(r"http2 GOAWAY from client=127\.0\.0\.1 cn=h2-bye code=0 open_streams=1")
+    proxy.wait_for_log(r"access .*cn=h2-bye .*status=499 .*reason=client_closed protocol=h2")
