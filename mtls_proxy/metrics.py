@@ -73,7 +73,7 @@ UPSTREAM_KINDS = {
 
 
 def observe_request(method: bytes, rule: str, status: int, seconds: float, upstream_seconds: float,
-                    bytes_in: int, bytes_out: int, protocol: str = "http/1.1") -> None:
+                    bytes_in: int, bytes_out: int, protocol: str) -> None:
     key = (method, rule, status, protocol)
     child = _request_children.get(key)
     if child is None:
