@@ -97,6 +97,11 @@ class _CappedFrameBuffer(FrameBuffer):
         super().__init__(server=True)
         self.max_continuations = max_continuations
 
+    @property
+    def in_header_block(self) -> bool:
+        """A HEADERS frame arrived and its block is not complete yet (CONTINUATION frames owed)."""
+        return bool(self._headers_buffer)
+
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
         if self._headers_buffer and len(self._headers_buffer) > self.max_continuations:
             raise _Limit("continuation_frames", f"more than {self.max_continuations} CONTINUATION frames")
@@ -228,7 +233,9 @@ class H2Connection(asyncio.Protocol):
         })
         self.h2.decoder.max_header_list_size = s.max_header_list_size
         self.h2.decoder.max_allowed_table_size = s.header_table_size
-        self.h2.incoming_buffer = _CappedFrameBuffer(s.max_continuation_frames)
+        self.frames = _CappedFrameBuffer(s.max_continuation_frames)
+        self.h2.incoming_buffer = self.frames
+        self._block_since = 0.0  # when the header block still being received began (0: none)
         self.streams: dict[int, _Stream] = {}
         self._to_start: list[_Stream] = []
         self._last_priority: PriorityUpdated | None = None
@@ -350,6 +357,11 @@ class H2Connection(asyncio.Protocol):
         finally:
             self._batch -= 1
         self._flush()
+        if not self.frames.in_header_block:
+            self._block_since = 0.0
+        elif not self._block_since:
+            self._block_since = self._last_activity  # a slow header block: limits.head_timeout applies
+            self._arm_tick()
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, DataReceived):
@@ -662,11 +674,12 @@ class H2Connection(asyncio.Protocol):
         if self._closed:
             return
         handle = self._tick_handle
-        if handle is not None and self.streams and handle.when() > self.loop.time() + _TICK:
+        busy = bool(self.streams) or bool(self._block_since)
+        if handle is not None and busy and handle.when() > self.loop.time() + _TICK:
             handle.cancel()  # the idle check was armed: streams need the short tick
             handle = self._tick_handle = None
         if handle is None:
-            delay = _TICK if self.streams else self.ctx.state.settings.limits.idle_timeout
+            delay = _TICK if busy else self.ctx.state.settings.limits.idle_timeout
             self._tick_handle = self.loop.call_later(delay, self._tick)
 
     def _tick(self) -> None:
@@ -675,7 +688,16 @@ class H2Connection(asyncio.Protocol):
             return
         now = self.loop.time()
         limits = self.ctx.state.settings.limits
+        if self._block_since and now - self._block_since >= limits.head_timeout:
+            log.info("request head timeout from %s (an HTTP/2 header block left unfinished)",
+                     self.facts.client_ip.decode())
+            self._dead = True
+            self._close()
+            return
         if not self.streams:
+            if self._block_since:
+                self._tick_handle = self.loop.call_later(_TICK, self._tick)
+                return
             idle = now - self._last_activity
             if idle >= limits.idle_timeout:
                 self._send_goaway("idle")

@@ -372,3 +372,18 @@ def test_data_dribble_gets_no_tiny_frames(proxy, ctx):
     frames = [ev for ev in client.events if isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid and ev.data]
     assert len(r.body) == 100_000
     assert min(len(ev.data) for ev in frames[:-1]) >= 1024
+
+
+def test_unfinished_header_block_times_out(proxies, ctx):
+    """HEADERS without END_HEADERS and then one CONTINUATION now and then (slowloris): limits.head_timeout."""
+    proxy = proxies.start(limits={"head_timeout": "1s"})
+    attacker = RawH2(proxy.port, ctx)
+    block = request_block(hpack.Encoder(), proxy.port)
+    t = time.monotonic()
+    attacker.send(HeadersFrame(1, block[:2]))
+    time.sleep(0.5)
+    attacker.send(ContinuationFrame(1, block[2:3]))  # activity, but the block never ends
+    attacker.read_until_closed(10)
+    attacker.close()
+    assert attacker.closed and 1.0 <= time.monotonic() - t < 4
+    proxy.wait_for_log(r"request head timeout from 127\.0\.0\.1 \(an HTTP/2 header block left unfinished\)")
