@@ -113,7 +113,7 @@ class Limits:
 class Http2Settings:
     """HTTP/2 limits (the frontend in mtls_proxy/frontends/h2.py). Each one exceeded: GOAWAY, a log line, a metric."""
 
-    #: SETTINGS_MAX_CONCURRENT_STREAMS; a stream past it is refused (REFUSED_STREAM)
+    #: SETTINGS_MAX_CONCURRENT_STREAMS; one stream more: GOAWAY PROTOCOL_ERROR (h2 enforces it)
     max_concurrent_streams: int = 100
     #: SETTINGS_INITIAL_WINDOW_SIZE: request body bytes a stream may have in flight before they are forwarded
     initial_window_size: int = 256 * 1024
@@ -133,7 +133,7 @@ class Http2Settings:
     max_pings_per_second: int = 10
     #: empty DATA frames (no END_STREAM) and PRIORITY frames per second (CVE-2019-9518, -9513)
     max_empty_frames_per_second: int = 100
-    #: a stream whose response cannot move because the client's window stays 0 this long is reset
+    #: a stream whose response cannot move because the client's window stays closed this long is reset
     zero_window_timeout: float = 30.0
 
 
