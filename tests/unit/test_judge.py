@@ -91,6 +91,8 @@ def test_allowed_request_carries_rule_and_body_limit(pki, state):
 
 @pytest.mark.parametrize(("request_head", "expected"), [
     (head(headers=[(b"Host", b"localhost"), (b"Transfer-Encoding", b"gzip, chunked")]), "unsupported_transfer_coding"),
+    (head(headers=[(b"Host", b"localhost"), (b"Transfer-Encoding", b"gzip"), (b"Transfer-Encoding", b"chunked")]),
+     "unsupported_transfer_coding"),
     (head(headers=[(b"Host", b"localhost"), (b"Expect", b"200-ok")]), "expectation_failed"),
     (head(headers=[(b"Host", b"localhost"), (b"Host", b"localhost")]), "multiple_host"),
     (head(version="0.9"), "http_version_not_supported"),
