@@ -22,6 +22,10 @@ from mtls_proxy.judging import RequestHead
 #: RFC 9110 5.6.2 token characters, lower-case only (RFC 9113 8.2.1: upper case is malformed)
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _UPPER = re.compile(rb"[A-Z]")
+#: RFC 9110 9.1: a method is a token (any case); it becomes the first word of the HTTP/1.1 request line
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: RFC 3986 characters only (visible ASCII): a space in :path would split the HTTP/1.1 request line
+_TARGET = re.compile(rb"[\x21-\x7e]+")
 #: RFC 9113 8.2.1: no NUL, CR or LF anywhere, no leading or trailing SP/HTAB
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
@@ -94,6 +98,10 @@ def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool) -> Reques
         raise Malformed("h2_missing_pseudo_header")
     if not path:
         raise Malformed("h2_empty_path")
+    if _METHOD.fullmatch(method) is None:
+        raise Malformed("h2_bad_method")
+    if _TARGET.fullmatch(path) is None:
+        raise Malformed("h2_bad_path")  # judge() checks the path part again; this covers the query too
     if scheme != b"https":
         raise Malformed("h2_bad_scheme")
     if content_length is not None and not content_length.isdigit():

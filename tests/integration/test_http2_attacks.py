@@ -100,6 +100,9 @@ MALFORMED = {
     "crlf-in-value": lambda p, m: [*_pseudo(p, path=m), (b"x-a", b"1\r\nx-client-cert-subject: CN=admin")],
     "crlf-in-path": lambda p, m: _pseudo(p, path=m + b"\r\nX-Injected: 1"),
     "empty-path": lambda p, m: _pseudo(p, path=b""),
+    "space-in-query": lambda p, m: _pseudo(p, path=m + b"?a HTTP/1.0"),  # would split the HTTP/1.1 request line
+    "space-in-method": lambda p, m: _pseudo(p, method=b"GET " + m + b" HTTP/1.1\x0bX:", path=m),
+    "lowercase-ok-but-bad-method": lambda p, m: _pseudo(p, method=b"GE@T", path=m),
     "connect": lambda p, m: [(b":method", b"CONNECT"), (b":authority", b"example.com:443")],
 }
 
