@@ -520,6 +520,5 @@ class Exchange:
         if up is not None:
             up.close()
         metrics.tunnel_closed(cause)
-        peer = self.front.facts.peer
-        log.info("tunnel closed: cn=%s cause=%s", peer.common_name if peer else "-", cause)
+        log.info("tunnel closed: cn=%s cause=%s", self.front.facts.cn, cause)
         self.front.tunnel_closed(self, cause)

@@ -20,7 +20,7 @@ class RequestHead:
 
     method: bytes
     target: bytes
-    version: str  # "1.1", "1.0" (anything else is refused by judge)
+    version: str  # "1.1", "1.0", "2" (anything else is refused by judge)
     headers: list[tuple[bytes, bytes]]
     keep_alive: bool = True
     #: the framing asks to switch protocols (HTTP/1.1: ``Connection: upgrade`` + ``Upgrade``)

@@ -40,6 +40,14 @@ POLICY = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _clock() -> None:
+    """NOW is when this module's tests start, not when it was imported: test certificates are valid from
+    5 minutes before they are issued, and a whole-suite run reaches this module later than that."""
+    global NOW
+    NOW = time.time()
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> TestPki:
     return TestPki(tmp_path_factory.mktemp("judge-pki"))
@@ -74,8 +82,8 @@ def head(target: bytes = b"/api/x", *, method: bytes = b"GET", version: str = "1
     return RequestHead.collect(method, target, version, hs, upgrade_requested=upgrade)
 
 
-def reason(h: RequestHead, conn: ConnectionFacts, st: RuntimeState, now: float = NOW) -> str:
-    verdict = judge(h, conn, st, now)
+def reason(h: RequestHead, conn: ConnectionFacts, st: RuntimeState, now: float | None = None) -> str:
+    verdict = judge(h, conn, st, NOW if now is None else now)
     assert verdict.reason in OUTCOMES or verdict.allowed, verdict.reason  # every reason has its outcome
     return verdict.reason
 
