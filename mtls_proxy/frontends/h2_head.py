@@ -26,8 +26,9 @@ _UPPER = re.compile(rb"[A-Z]")
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: RFC 3986 characters only (visible ASCII): a space in :path would split the HTTP/1.1 request line
 _TARGET = re.compile(rb"[\x21-\x7e]+")
-#: RFC 9113 8.2.1: no NUL, CR or LF anywhere, no leading or trailing SP/HTAB
-_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+#: RFC 9113 8.2.1: no NUL, CR or LF anywhere, no leading or trailing SP/HTAB; and RFC 9110 5.5: no other
+#: control character but HTAB (Django's HTTP/1.1 server would refuse them)
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|\A[ \t]|[ \t]\Z")
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
 #: RFC 9113 8.2.2: connection-specific fields make a request malformed
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding",

@@ -58,6 +58,11 @@ def test_no_authority_and_no_host_is_left_to_judge():
     assert head.host_count == 0  # judge: 400 missing_host
 
 
+def test_tab_and_obs_text_inside_values_are_fine():
+    head = request_head([*BASE, (b"x-a", b"a\tb"), (b"x-b", b"caf\xc3\xa9")], end_stream=True)
+    assert head.headers[-2:] == [(b"x-a", b"a\tb"), (b"x-b", b"caf\xc3\xa9")]
+
+
 def test_te_trailers_is_allowed_and_not_forwarded():
     head = request_head([*BASE, (b"te", b"trailers")], end_stream=True)
     assert all(n != b"te" for n, _ in head.headers)
@@ -80,6 +85,8 @@ def test_te_trailers_is_allowed_and_not_forwarded():
     ([*BASE, (b"x-a", b"1\n")], "h2_bad_header_value"),
     ([*BASE, (b"x-a", b"a\x00b")], "h2_bad_header_value"),
     ([*BASE, (b"x-a", b" padded")], "h2_bad_header_value"),
+    ([*BASE, (b"x-a", b"a\x01b")], "h2_bad_header_value"),
+    ([*BASE, (b"x-a", b"a\x7fb")], "h2_bad_header_value"),
     ([BASE[0], BASE[1], BASE[2], (b":path", b"/a\r\nHost: x")], "h2_bad_header_value"),
     ([*BASE, (b"connection", b"close")], "h2_connection_header"),
     ([*BASE, (b"keep-alive", b"5")], "h2_connection_header"),
@@ -92,7 +99,7 @@ def test_te_trailers_is_allowed_and_not_forwarded():
     ([BASE[0], BASE[1], BASE[2], (b":path", b"/api/echo?a HTTP/1.0")], "h2_bad_path"),
     ([BASE[0], BASE[1], BASE[2], (b":path", b"/api/x y")], "h2_bad_path"),
     ([BASE[0], BASE[1], BASE[2], (b":path", b"/api/\xc3\xa9")], "h2_bad_path"),
-    ([BASE[0], BASE[1], BASE[2], (b":path", b"/api/\x7f")], "h2_bad_path"),
+    ([BASE[0], BASE[1], BASE[2], (b":path", b"/api/\x7f")], "h2_bad_header_value"),  # a control character
     ([(b":method", b"GET /admin"), BASE[1], BASE[2], BASE[3]], "h2_bad_method"),
     ([(b":method", b""), BASE[1], BASE[2], BASE[3]], "h2_bad_method"),
     ([(b":method", b"GE(T"), BASE[1], BASE[2], BASE[3]], "h2_bad_method"),
