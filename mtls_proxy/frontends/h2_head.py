@@ -22,12 +22,18 @@ from mtls_proxy.judging import RequestHead
 #: RFC 9110 5.6.2 token characters, lower-case only (RFC 9113 8.2.1: upper case is malformed)
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _UPPER = re.compile(rb"[A-Z]")
-#: RFC 9110 9.1: a method is a token (any case); it becomes the first word of the HTTP/1.1 request line
-_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: the methods llhttp parses (so the same ones as over HTTP/1.1, and ones Django's server can read), CONNECT aside
+_METHODS = frozenset({
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"PATCH", b"COPY", b"LOCK", b"MKCOL",
+    b"MOVE", b"PROPFIND", b"PROPPATCH", b"SEARCH", b"UNLOCK", b"BIND", b"REBIND", b"UNBIND", b"ACL", b"REPORT",
+    b"MKACTIVITY", b"CHECKOUT", b"MERGE", b"M-SEARCH", b"NOTIFY", b"SUBSCRIBE", b"UNSUBSCRIBE", b"PURGE",
+    b"MKCALENDAR", b"LINK", b"UNLINK", b"SOURCE", b"QUERY",
+})
 #: RFC 3986 characters only (visible ASCII): a space in :path would split the HTTP/1.1 request line
 _TARGET = re.compile(rb"[\x21-\x7e]+")
-#: RFC 9113 8.2.1: no NUL, CR or LF anywhere, no leading or trailing SP/HTAB
-_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+#: RFC 9113 8.2.1: no NUL, CR or LF anywhere, no leading or trailing SP/HTAB; and RFC 9110 5.5: no other
+#: control character but HTAB (Django's HTTP/1.1 server would refuse them)
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|\A[ \t]|[ \t]\Z")
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
 #: RFC 9113 8.2.2: connection-specific fields make a request malformed
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding",
@@ -98,7 +104,7 @@ def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool) -> Reques
         raise Malformed("h2_missing_pseudo_header")
     if not path:
         raise Malformed("h2_empty_path")
-    if _METHOD.fullmatch(method) is None:
+    if method not in _METHODS:
         raise Malformed("h2_bad_method")
     if _TARGET.fullmatch(path) is None:
         raise Malformed("h2_bad_path")  # judge() checks the path part again; this covers the query too

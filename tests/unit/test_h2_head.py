@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import httptools
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from mtls_proxy.exchange.forwarding import upstream_head
 from mtls_proxy.frontends.h2_head import Malformed, renew_field, request_head, response_headers
+from mtls_proxy.judging import ConnectionFacts
 
 BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"api.example.com"), (b":path", b"/api/x")]
 
@@ -58,6 +63,11 @@ def test_no_authority_and_no_host_is_left_to_judge():
     assert head.host_count == 0  # judge: 400 missing_host
 
 
+def test_tab_and_obs_text_inside_values_are_fine():
+    head = request_head([*BASE, (b"x-a", b"a\tb"), (b"x-b", b"caf\xc3\xa9")], end_stream=True)
+    assert head.headers[-2:] == [(b"x-a", b"a\tb"), (b"x-b", b"caf\xc3\xa9")]
+
+
 def test_te_trailers_is_allowed_and_not_forwarded():
     head = request_head([*BASE, (b"te", b"trailers")], end_stream=True)
     assert all(n != b"te" for n, _ in head.headers)
@@ -80,6 +90,8 @@ def test_te_trailers_is_allowed_and_not_forwarded():
     ([*BASE, (b"x-a", b"1\n")], "h2_bad_header_value"),
     ([*BASE, (b"x-a", b"a\x00b")], "h2_bad_header_value"),
     ([*BASE, (b"x-a", b" padded")], "h2_bad_header_value"),
+    ([*BASE, (b"x-a", b"a\x01b")], "h2_bad_header_value"),
+    ([*BASE, (b"x-a", b"a\x7fb")], "h2_bad_header_value"),
     ([BASE[0], BASE[1], BASE[2], (b":path", b"/a\r\nHost: x")], "h2_bad_header_value"),
     ([*BASE, (b"connection", b"close")], "h2_connection_header"),
     ([*BASE, (b"keep-alive", b"5")], "h2_connection_header"),
@@ -92,10 +104,12 @@ def test_te_trailers_is_allowed_and_not_forwarded():
     ([BASE[0], BASE[1], BASE[2], (b":path", b"/api/echo?a HTTP/1.0")], "h2_bad_path"),
     ([BASE[0], BASE[1], BASE[2], (b":path", b"/api/x y")], "h2_bad_path"),
     ([BASE[0], BASE[1], BASE[2], (b":path", b"/api/\xc3\xa9")], "h2_bad_path"),
-    ([BASE[0], BASE[1], BASE[2], (b":path", b"/api/\x7f")], "h2_bad_path"),
+    ([BASE[0], BASE[1], BASE[2], (b":path", b"/api/\x7f")], "h2_bad_header_value"),  # a control character
     ([(b":method", b"GET /admin"), BASE[1], BASE[2], BASE[3]], "h2_bad_method"),
     ([(b":method", b""), BASE[1], BASE[2], BASE[3]], "h2_bad_method"),
     ([(b":method", b"GE(T"), BASE[1], BASE[2], BASE[3]], "h2_bad_method"),
+    ([(b":method", b"get"), BASE[1], BASE[2], BASE[3]], "h2_bad_method"),
+    ([(b":method", b"FOO"), BASE[1], BASE[2], BASE[3]], "h2_bad_method"),  # a token, but no HTTP/1.1 parser's
     ([BASE[0], (b":scheme", b"http"), BASE[2], BASE[3]], "h2_bad_scheme"),
     ([(b":method", b"CONNECT"), BASE[2]], "h2_connect"),
     ([*BASE, (b"content-length", b"5"), (b"content-length", b"6")], "h2_conflicting_content_length"),
@@ -126,3 +140,36 @@ def test_renew_field():
     assert renew_field(b"Client-Cert-Renew-By: 2030-01-01T00:00:00Z\r\n") == (
         (b"client-cert-renew-by", b"2030-01-01T00:00:00Z"),)
     assert renew_field(b"") == ()
+
+
+# --- property: whatever an HTTP/2 client sends, what reaches Django is one well-formed HTTP/1.1 head ---------
+
+_VALUES = st.sampled_from([b"", b"a b", b"/x?a HTTP/1.0", b"GET", b"a\tb", b"caf\xc3\xa9", b"1", b"x\ry", b"a\nb",
+                           b"trailers", b"5", b"localhost"]) | st.binary(max_size=10)
+_NAMES = st.sampled_from([b"x-a", b"accept", b"cookie", b"host", b"content-length", b"te", b"user-agent",
+                          b"x-client-cert-subject", b"X-A", b"a b", b"connection"])
+_PATHS = st.sampled_from([b"/api/echo", b"/a b", b"/x?a b", b"*", b"/x?\x01", b"/x?a=1&b=%20"]) | st.binary(
+    min_size=1, max_size=10).map(lambda b: b"/" + b)
+_METHODS = st.sampled_from([b"GET", b"POST", b"G T", b"GET\r\n", b"PATCH"]) | st.binary(min_size=1, max_size=5)
+
+
+@given(_METHODS, _PATHS, st.lists(st.tuples(_NAMES, _VALUES), max_size=6), st.booleans())
+@settings(max_examples=500, deadline=None)
+def test_every_accepted_head_is_one_well_formed_http1_request(method, path, extra, end_stream):
+    headers = [(b":method", method), (b":scheme", b"https"), (b":authority", b"localhost"), (b":path", path), *extra]
+    try:
+        head = request_head(headers, end_stream)
+    except Malformed:
+        return
+    wire = upstream_head(head, ConnectionFacts(None, None, b"127.0.0.1"), ())  # type: ignore[arg-type]
+    seen: list[tuple[bytes, bytes]] = []
+
+    class Sink:
+        def on_header(self, name: bytes, value: bytes) -> None:
+            seen.append((name, value))
+
+    parser = httptools.HttpRequestParser(Sink())
+    parser.feed_data(wire)  # llhttp (strict) takes it as exactly one request head
+    assert parser.get_method() == head.method
+    sent = [line for line in wire.split(b"\r\n")[1:] if line]
+    assert len(seen) == len(sent)  # no field was split or smuggled into another
