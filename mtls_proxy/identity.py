@@ -8,8 +8,9 @@ anyone can send ``X-Client-Cert-Subject: CN=admin``. Two defences, which combine
 * the proxy removes every client-sent header whose :func:`header_key` is in
   :data:`PROXY_SET_HEADER_KEYS` before it adds its own ("strip, then set");
 * with a shared signing key, the proxy adds ``X-Client-Cert-Signature``, an HMAC over the
-  identity values, the request method, a timestamp and a random nonce. The Django side
-  (:func:`verify_identity`) rejects unsigned, altered, stale and replayed identities.
+  identity values and the request they travel with (method, raw target, Host, body
+  framing), a timestamp, a random nonce and the key's id. The Django side
+  (:func:`verify_identity`) rejects unsigned, altered, moved, stale and replayed identities.
 
 This module is pure (no asyncio, aiohttp or Django): the proxy encodes with
 :class:`IdentityEncoder`, the Django middleware decodes with :func:`verify_identity` or
@@ -27,7 +28,7 @@ Header contract (public; names are case-insensitive on the wire)
 ``X-Client-Cert-Not-After``     expiry, RFC 3339 UTC (``2027-01-01T00:00:00Z``)
 ``X-Client-Cert-SAN``           ``DNS=…``, ``URI=…``, ``email=…``, ``IP=…`` entries joined by ``,``
                                 (each value pct-encoded); absent when the certificate has no SAN
-``X-Client-Cert-Signature``     ``v1;t=<unix seconds>;n=<32 hex nonce>;s=<base64url HMAC-SHA256>``
+``X-Client-Cert-Signature``     ``v2;k=<key id>;t=<unix seconds>;n=<32 hex nonce>;s=<base64url HMAC>``
                                 (only when a signing key is configured)
 ``Client-Cert``                 RFC 9440 ``:<base64 DER>:`` (opt-in)
 ``Client-Cert-Chain``           RFC 9440 ``:<b64>:, :<b64>:``, verified chain without the leaf (opt-in)
@@ -39,17 +40,20 @@ header value is printable ASCII without separators that HTTP or list parsing cou
 or trim. The DN therefore travels as ``CN%3Ddevice-42%2CO%3DAcme``; :func:`verify_identity`
 and :func:`decode_unsigned` give back the exact RFC 4514 string.
 
-Signature: ``s`` is HMAC-SHA256(key, message) with::
+Signature (v2): ``s`` is HMAC-SHA256(key, message) with::
 
-    message = b"mtls-proxy-identity-v1\\n" + t + b"\\n" + n + b"\\n" + METHOD + b"\\n"
+    message = b"mtls-proxy-identity-v2\\n" + k + b"\\n" + t + b"\\n" + n + b"\\n"
+              + METHOD + b"\\n" + TARGET + b"\\n" + HOST + b"\\n" + FRAMING + b"\\n"
               + for each name in SIGNED_HEADER_ORDER: (header value or b"") + b"\\n"
 
-The values are the exact bytes on the wire (already percent-encoded). An absent header
-counts as empty, so a header added by someone else (where the proxy sent none) changes
-the message. The signature binds the identity to one request method and one short time
-window; the nonce, remembered by the verifier until the window closes, stops replays.
-It does not cover the path or the body: it answers "did the proxy vouch for this client
-just now", not "is this request unmodified" (that is the job of the proxy->Django link).
+``TARGET`` is the request target as forwarded (raw path and query, percent-encoding as sent;
+a ``?`` with an empty query is dropped), ``HOST`` the Host header, ``FRAMING`` ``length=<n>``,
+``chunked`` or ``none``: the signature binds the identity to this one request (method,
+resource, authority, body length), not only to a client and a time, so headers captured
+on the proxy->Django link are worth nothing on any other request, and the nonce stops the
+same request twice. ``k`` names the key (:func:`key_id`) so the verifier picks it from a
+set during rotation. docs/django.md has the full wire format; v1 (identity and method only)
+is refused (``unsupported_version``) because accepting it would keep every v1 weakness open.
 """
 
 from __future__ import annotations
@@ -57,12 +61,14 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
+import heapq
 import hmac
 import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,12 +98,17 @@ __all__ = [
     "IdentityError",
     "IdentityOptions",
     "NonceCache",
+    "RequestBinding",
     "SignedIdentity",
+    "body_framing",
+    "canonical_target",
     "check_signature",
     "decode_unsigned",
     "generate_signing_key",
     "has_identity_headers",
     "header_key",
+    "key_id",
+    "keys_by_id",
     "load_signing_key",
     "verify_identity",
 ]
@@ -114,7 +125,7 @@ X_CLIENT_CERT_SIGNATURE = "X-Client-Cert-Signature"
 CLIENT_CERT = "Client-Cert"
 CLIENT_CERT_CHAIN = "Client-Cert-Chain"
 
-#: The order in which identity values enter the HMAC. Changing it is a protocol change (bump ``v1``).
+#: The order in which identity values enter the HMAC. Changing it is a protocol change (bump ``v2``).
 SIGNED_HEADER_ORDER: tuple[str, ...] = (
     X_CLIENT_CERT_SUBJECT,
     X_CLIENT_CERT_ISSUER,
@@ -127,7 +138,7 @@ SIGNED_HEADER_ORDER: tuple[str, ...] = (
     CLIENT_CERT_CHAIN,
 )
 
-SIGNATURE_CONTEXT = b"mtls-proxy-identity-v1\n"
+SIGNATURE_CONTEXT = b"mtls-proxy-identity-v2\n"
 
 
 def header_key(name: str | bytes) -> str:
@@ -158,9 +169,8 @@ _SIGNATURE_NAME_B = X_CLIENT_CERT_SIGNATURE.encode("ascii")
 _PCT_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '%,="; ')
 _SAN_LABELS = (("DNS", "san_dns"), ("URI", "san_uri"), ("email", "san_email"), ("IP", "san_ip"))
 _SAN_FIELD = {label: attr for label, attr in _SAN_LABELS}
-_HEX_NONCE = re.compile(r"\A[0-9a-f]{32}\Z")
+_SIGNATURE_V2 = re.compile(r"\Av2;k=([0-9a-f]{16});t=([0-9]{1,12});n=([0-9a-f]{32});s=([A-Za-z0-9_-]{43})\Z")
 _HEX = re.compile(r"\A[0-9a-f]+\Z")
-_B64URL_SIG = re.compile(r"\A[A-Za-z0-9_-]{43}\Z")  # 32 bytes, unpadded
 _RFC3339_Z = "%Y-%m-%dT%H:%M:%SZ"
 _MIN_KEY_BYTES = 32
 
@@ -176,13 +186,78 @@ def _unpct(value: str) -> str:
 class IdentityError(Exception):
     """The identity headers cannot be trusted; ``reason`` is a short code for logs and the 403 body.
 
-    Codes: ``missing_signature``, ``bad_signature``, ``expired``, ``future``, ``replayed``, ``malformed``.
+    Codes: ``missing_signature``, ``unsupported_version``, ``unknown_key``, ``bad_signature``,
+    ``expired``, ``future``, ``replayed``, ``malformed``, ``target_unavailable``, ``replay_store_full``.
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+def key_id(key: bytes) -> str:
+    """The key's public name in the signature: the first 8 bytes of SHA-256(key), lowercase hex.
+
+    Derived, not configured, so proxy and Django cannot disagree about it and an operator
+    has nothing to keep in sync; it lets Django pick the right key among several during a
+    rotation. It reveals nothing the HMAC does not: both let a holder test key guesses.
+    """
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def keys_by_id(keys: bytes | Iterable[bytes] | Mapping[str, bytes]) -> dict[str, bytes]:
+    """``{key_id(k): k}`` for one key, several, or an already keyed mapping (checked)."""
+    if isinstance(keys, Mapping):
+        items = list(keys.values())
+    elif isinstance(keys, bytes | bytearray):
+        items = [bytes(keys)]
+    else:
+        items = list(keys)
+    if not items or any(len(k) < _MIN_KEY_BYTES for k in items):
+        raise ValueError(f"identity signing keys must be at least {_MIN_KEY_BYTES} bytes")
+    return {key_id(bytes(k)): bytes(k) for k in items}
+
+
+def canonical_target(target: bytes) -> bytes:
+    """The signed form of a request target: as sent, except that a ``?`` with nothing after it goes.
+
+    Servers hand the application the path and the query separately (``raw_path`` and
+    ``query_string`` in ASGI), so ``/a?`` and ``/a`` look the same to Django; both sides
+    sign the form Django can rebuild. Percent-encoding is kept byte for byte.
+    """
+    return target[:-1] if target.endswith(b"?") and target.count(b"?") == 1 else target
+
+
+def body_framing(content_length: int | None, chunked: bool) -> bytes:
+    """``chunked``, ``length=<n>`` or ``none``: how the forwarded request delimits its body."""
+    if chunked:
+        return b"chunked"
+    if content_length is not None:
+        return b"length=%d" % content_length
+    return b"none"
+
+
+@dataclass(frozen=True)
+class RequestBinding:
+    """The parts of the request the signature covers besides the identity, as wire bytes.
+
+    The proxy builds it from what it forwards; the Django side from what the server handed
+    Django (see :mod:`mtls_proxy.django.binding`). ``target`` is :func:`canonical_target`
+    form, ``framing`` :func:`body_framing` form.
+    """
+
+    method: bytes
+    target: bytes
+    host: bytes
+    framing: bytes
+
+    def signed_part(self) -> bytes:
+        """``METHOD LF TARGET LF HOST LF FRAMING LF``; refuses a component holding CR or LF."""
+        parts = (self.method.upper(), self.target, self.host, self.framing)
+        if any(b"\n" in p or b"\r" in p for p in parts):
+            raise IdentityError("malformed", "a signed request component contains CR or LF")
+        return b"".join(p + b"\n" for p in parts)
 
 
 @dataclass(frozen=True)
@@ -244,6 +319,8 @@ class IdentityEncoder:
     def __init__(self, options: IdentityOptions) -> None:
         self.options = options
         self._key = options.signing_key
+        self.key_id = key_id(options.signing_key) if options.signing_key is not None else None
+        self._kid = (self.key_id or "").encode("ascii")
 
     def connection_headers(self, peer: PeerIdentity) -> tuple[tuple[bytes, bytes], ...]:
         """All identity headers for ``peer`` except the signature (empty when disabled)."""
@@ -270,17 +347,33 @@ class IdentityEncoder:
         return ConnectionHeaders(out)
 
     def request_headers(
-        self, conn_headers: tuple[tuple[bytes, bytes], ...], *, method: bytes, now: float | None = None
+        self,
+        conn_headers: tuple[tuple[bytes, bytes], ...],
+        *,
+        method: bytes,
+        target: bytes,
+        host: bytes,
+        content_length: int | None,
+        chunked: bool,
+        now: float | None = None,
     ) -> tuple[tuple[bytes, bytes], ...]:
-        """``conn_headers`` plus, with a signing key, a fresh ``X-Client-Cert-Signature``."""
+        """``conn_headers`` plus, with a signing key, a fresh v2 ``X-Client-Cert-Signature``.
+
+        ``method``, ``target`` (as forwarded), ``host`` (the forwarded Host value) and the
+        body framing (``chunked`` wins over ``content_length``, as in the forwarded head)
+        must be exactly what goes upstream: Django recomputes them from what it receives.
+        """
         key = self._key
         if key is None or not conn_headers:
             return conn_headers
         tail = conn_headers.signed_tail if isinstance(conn_headers, ConnectionHeaders) else _signed_tail(conn_headers)
+        request = RequestBinding(method, canonical_target(target), host, body_framing(content_length, chunked))
         t = str(int(time.time() if now is None else now)).encode("ascii")
         n = os.urandom(16).hex().encode("ascii")
-        mac = hmac.digest(key, b"".join((SIGNATURE_CONTEXT, t, b"\n", n, b"\n", method.upper(), b"\n", tail)), "sha256")
-        sig = b"v1;t=" + t + b";n=" + n + b";s=" + base64.urlsafe_b64encode(mac).rstrip(b"=")
+        k = self._kid
+        message = b"".join((SIGNATURE_CONTEXT, k, b"\n", t, b"\n", n, b"\n", request.signed_part(), tail))
+        mac = hmac.digest(key, message, "sha256")
+        sig = b"v2;k=" + k + b";t=" + t + b";n=" + n + b";s=" + base64.urlsafe_b64encode(mac).rstrip(b"=")
         return (*conn_headers, (_SIGNATURE_NAME_B, sig))
 
 
@@ -471,59 +564,49 @@ def decode_unsigned(headers: Mapping[str, str]) -> ClientCert:
     return _decode(headers)
 
 
-def _parse_signature(value: str) -> tuple[bytes, bytes, int, bytes]:
-    fields = value.strip().split(";")
-    if len(fields) != 4 or fields[0] != "v1":
-        raise IdentityError("malformed", "signature is not v1;t=;n=;s=")
-    parsed: dict[str, str] = {}
-    for item in fields[1:]:
-        k, sep, v = item.partition("=")
-        if not sep or k in parsed:
-            raise IdentityError("malformed", "bad signature field")
-        parsed[k] = v
-    t, n, s = parsed.get("t", ""), parsed.get("n", ""), parsed.get("s", "")
-    if not t.isascii() or not t.isdigit() or len(t) > 12 or not _HEX_NONCE.match(n) or not _B64URL_SIG.match(s):
-        raise IdentityError("malformed", "bad signature field")
-    mac = base64.urlsafe_b64decode(s + "=")
-    return t.encode("ascii"), n.encode("ascii"), int(t), mac
-
-
-def _as_keys(key: bytes | Sequence[bytes]) -> tuple[bytes, ...]:
-    keys = (key,) if isinstance(key, bytes | bytearray) else tuple(key)
-    if not keys or any(len(k) < _MIN_KEY_BYTES for k in keys):
-        raise ValueError(f"identity signing keys must be at least {_MIN_KEY_BYTES} bytes")
-    return tuple(bytes(k) for k in keys)
+def _parse_signature(value: str) -> tuple[str, bytes, int, bytes, bytes]:
+    """``v2;k=;t=;n=;s=`` (fields in this order, nothing else) -> (kid, t, t as int, nonce, mac)."""
+    value = value.strip()
+    m = _SIGNATURE_V2.match(value)
+    if m is None:
+        if value.startswith("v1;"):
+            raise IdentityError("unsupported_version", "v1 signatures do not bind the request; upgrade the proxy")
+        raise IdentityError("malformed", "signature is not v2;k=;t=;n=;s=")
+    kid, t, n, s = m.groups()
+    return kid, t.encode("ascii"), int(t), n.encode("ascii"), base64.urlsafe_b64decode(s + "=")
 
 
 def check_signature(
     headers: Mapping[str, str],
     *,
-    method: str,
-    key: bytes | Sequence[bytes],
-    max_age: float = 30,
+    request: RequestBinding,
+    keys: bytes | Iterable[bytes] | Mapping[str, bytes],
+    max_age: float = 10,
     now: float | None = None,
     clock_skew: float = 5,
 ) -> SignedIdentity:
-    """Verify signature and freshness, decode the identity; does *not* check the nonce.
+    """Verify signature and freshness for this ``request``, decode the identity; does *not* check the nonce.
 
     Split from :func:`verify_identity` so an async caller can record the nonce with its own
-    (async) store. ``key`` may be several keys (rotation: old and new both accepted).
-    Order matters: the HMAC is checked before anything is remembered, so unsigned junk
-    cannot fill the nonce store.
+    (async) store. ``keys``: one key, several, or :func:`keys_by_id` output (rotation: the
+    signature's key id picks one). Order matters: the HMAC is checked before anything is
+    remembered, so unsigned junk cannot fill the nonce store.
     """
     sig_value = headers.get(_SIGNATURE_KEY)
     if not sig_value:
         raise IdentityError("missing_signature")
-    t_b, n_b, t, mac = _parse_signature(sig_value)
+    kid, t_b, t, n_b, mac = _parse_signature(sig_value)
+    key = (keys if isinstance(keys, dict) else keys_by_id(keys)).get(kid)
+    if key is None:
+        raise IdentityError("unknown_key", f"key id {kid} is not configured")
     try:
         tail = b"".join(headers.get(k, "").encode("latin-1") + b"\n" for k in _SIGNED_KEYS)
     except UnicodeEncodeError as exc:
         raise IdentityError("malformed", "header value is not latin-1") from exc
-    message = b"".join((SIGNATURE_CONTEXT, t_b, b"\n", n_b, b"\n", method.upper().encode("ascii"), b"\n", tail))
-    ok = False
-    for k in _as_keys(key):
-        ok |= hmac.compare_digest(hmac.digest(k, message, "sha256"), mac)
-    if not ok:
+    message = b"".join(
+        (SIGNATURE_CONTEXT, kid.encode("ascii"), b"\n", t_b, b"\n", n_b, b"\n", request.signed_part(), tail)
+    )
+    if not hmac.compare_digest(hmac.digest(key, message, "sha256"), mac):
         raise IdentityError("bad_signature")
     current = time.time() if now is None else now
     if t > current + clock_skew:
@@ -537,39 +620,41 @@ def check_signature(
 def verify_identity(
     headers: Mapping[str, str],
     *,
-    method: str,
-    key: bytes | Sequence[bytes],
-    max_age: float = 30,
+    request: RequestBinding,
+    keys: bytes | Iterable[bytes] | Mapping[str, bytes],
+    max_age: float = 10,
     now: float | None = None,
     seen_nonce: Callable[[str, float], bool] | None = None,
     clock_skew: float = 5,
 ) -> ClientCert:
-    """Verify signed identity headers (keyed by :func:`header_key`) and return the certificate.
+    """Verify signed identity headers (keyed by :func:`header_key`) for ``request``; return the certificate.
 
     ``seen_nonce(nonce, expires_at)`` must return True if the nonce was already used and
     otherwise remember it until ``expires_at``; without it replays are not detected.
     Raises :class:`IdentityError` with a reason code.
     """
-    signed = check_signature(headers, method=method, key=key, max_age=max_age, now=now, clock_skew=clock_skew)
+    signed = check_signature(headers, request=request, keys=keys, max_age=max_age, now=now, clock_skew=clock_skew)
     if seen_nonce is not None and seen_nonce(signed.nonce, signed.expires_at):
         raise IdentityError("replayed", f"nonce {signed.nonce}")
     return signed.cert
 
 
 class NonceCache:
-    """A bounded in-process nonce store with expiry, for :func:`verify_identity`'s ``seen_nonce``.
+    """An in-process nonce store that never forgets a nonce before it expires.
 
-    When full it evicts the oldest entries but remembers the latest expiry it evicted
-    (``floor``): a signature expiring at or before that floor is reported as replayed,
-    because the cache can no longer prove otherwise. Fail closed, without false alarms for
-    fresh traffic. Not thread-safe by itself; callers that share it across threads lock.
+    Expired entries are dropped (a heap keeps them in expiry order, whatever order they
+    came in); when ``max_entries`` unexpired nonces are held it refuses new ones with
+    ``replay_store_full`` instead of evicting one, because an evicted live nonce is a replay
+    that succeeds. One process only: several workers each have their own, so a replay to
+    another worker passes (the Django side demands ``SINGLE_PROCESS`` to use it). Not
+    thread-safe by itself; callers that share it across threads lock.
     """
 
     def __init__(self, max_entries: int = 100_000, clock: Callable[[], float] = time.time) -> None:
         self.max_entries = max_entries
         self._clock = clock
         self._entries: dict[str, float] = {}
-        self._floor = 0.0
+        self._by_expiry: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -578,18 +663,15 @@ class NonceCache:
         entries = self._entries
         if nonce in entries:
             return True
-        if expires_at <= self._floor:
-            return True
         now = self._clock()
-        # Insertion order approximates expiry order: drop expired entries from the front.
-        while entries:
-            oldest, exp = next(iter(entries.items()))
-            if exp > now and len(entries) < self.max_entries:
-                break
-            del entries[oldest]
-            if exp > now:
-                self._floor = max(self._floor, exp)
+        heap = self._by_expiry
+        while heap and heap[0][0] < now:
+            _, old = heapq.heappop(heap)
+            del entries[old]
+        if len(entries) >= self.max_entries:
+            raise IdentityError("replay_store_full", f"{len(entries)} unexpired nonces held")
         entries[nonce] = expires_at
+        heapq.heappush(heap, (expires_at, nonce))
         return False
 
 

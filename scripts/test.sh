@@ -4,11 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real clients the tests use: curl, openssl s_client, the JDK's javac/keytool/java (JSSE client).
+# Real clients the tests use: curl, openssl s_client, the JDK's javac/keytool/java (JSSE client);
+# real servers the Django-side replay store tests start: PostgreSQL (initdb/pg_ctl) and Redis.
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 { command -v javac >/dev/null && command -v keytool >/dev/null; } || missing+=(default-jdk-headless)
+compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing test tools: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,8 +1,10 @@
-"""``python -m mtls_proxy.demo_app serve``: run the demo upstream under uvicorn.
+"""``python -m mtls_proxy.demo_app serve``: run the demo upstream under uvicorn or gunicorn.
 
 Prints ``PORT <n>`` (TCP only, useful with ``--port 0``) and then ``READY`` on stdout once
 the socket accepts connections, so a parent process (the ``demo`` command, the tests)
-waits for a line instead of polling.
+waits for a line instead of polling. With ``--workers N`` (N > 1, or ``--server gunicorn``)
+every worker process prints ``WORKER <pid>`` once it serves; a parent waits for N of them.
+With a database configured (``MTLS_DEMO_DATABASE``) the migrations run first, once.
 """
 
 from __future__ import annotations
@@ -27,7 +29,71 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust", choices=("signature", "trusted-peers"),
         help="identity trust mode (default: signature with a key file, else trusted-peers)",
     )
+    serve.add_argument("--server", choices=("uvicorn", "gunicorn"), default="uvicorn",
+                       help="uvicorn (ASGI, default) or gunicorn sync workers (WSGI)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     return parser
+
+
+def _migrate() -> None:
+    import django
+    from django.conf import settings
+    from django.core.management import call_command
+
+    django.setup()
+    if settings.DATABASES:
+        from django.db import connections
+
+        call_command("migrate", verbosity=0, interactive=False)
+        connections.close_all()  # forked workers must not share the parent's database connection
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    """uvicorn's process supervisor with N workers (they share the socket the parent binds)."""
+    import uvicorn
+
+    if args.uds is None and not args.port:
+        raise SystemExit("--workers > 1 needs --uds or a fixed --port")
+    uvicorn.run(
+        "mtls_proxy.demo_app.asgi:application", host=args.host, port=args.port or 8000, uds=args.uds,
+        workers=args.workers, timeout_keep_alive=30, timeout_graceful_shutdown=3, log_level="warning",
+        lifespan="on",
+    )
+    return 0
+
+
+def _serve_gunicorn(args: argparse.Namespace) -> int:
+    """gunicorn sync workers: the classic WSGI deployment (a body is read only when the view reads it)."""
+    from typing import Any
+
+    from gunicorn.app.base import BaseApplication
+
+    def when_ready(server: Any) -> None:
+        if args.uds is None:
+            print(f"PORT {server.LISTENERS[0].sock.getsockname()[1]}", flush=True)
+        print("READY", flush=True)
+
+    def post_worker_init(worker: Any) -> None:
+        print(f"WORKER {os.getpid()}", flush=True)
+
+    options = {
+        "bind": [f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"],
+        "workers": args.workers, "worker_class": "sync", "timeout": 120, "graceful_timeout": 3,
+        "loglevel": "warning", "when_ready": when_ready, "post_worker_init": post_worker_init,
+    }
+
+    class Demo(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            from mtls_proxy.demo_app.wsgi import application
+
+            return application
+
+    Demo().run()
+    return 0
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -69,6 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.trust:
         os.environ["MTLS_PROXY_TRUST"] = args.trust
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mtls_proxy.demo_app.settings")
+    os.environ["MTLS_DEMO_WORKERS"] = str(args.workers)
+    _migrate()
+    if args.server == "gunicorn":
+        return _serve_gunicorn(args)
+    if args.workers > 1:
+        return _serve_workers(args)
     try:
         import uvloop
 

@@ -1,8 +1,9 @@
-"""The demo's ASGI application: Django for HTTP, Channels for WebSockets."""
+"""The demo's ASGI application: Django for HTTP (identity checked before the body), Channels for WebSockets."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mtls_proxy.demo_app.settings")
 
@@ -15,10 +16,26 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from mtls_proxy.demo_app.consumers import EchoConsumer  # noqa: E402
+from mtls_proxy.django.asgi import ClientCertASGIMiddleware  # noqa: E402
 
-application = ProtocolTypeRouter(
+router = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": ClientCertASGIMiddleware(django_asgi_app),
         "websocket": URLRouter([path("ws/echo", EchoConsumer.as_asgi())]),
     }
 )
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The router, plus a lifespan handler: each worker says ``WORKER <pid>`` once it serves."""
+    if scope["type"] != "lifespan":
+        await router(scope, receive, send)
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            print(f"WORKER {os.getpid()}", flush=True)
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -9,6 +9,7 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from mtls_proxy.django.middleware import averify_scope_headers
+from mtls_proxy.django.replay import ReplayStoreUnavailable
 from mtls_proxy.identity import IdentityError
 
 logger = logging.getLogger("mtls_proxy.demo_app")
@@ -18,7 +19,7 @@ class EchoConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def connect(self) -> None:
         try:
             cert = await averify_scope_headers(self.scope)
-        except IdentityError as exc:
+        except (IdentityError, ReplayStoreUnavailable) as exc:
             # Closing before accept makes the server answer the handshake with 403.
             logger.warning("refused WebSocket identity headers: %s", exc.reason)
             await self.close()

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.utils.decorators import sync_and_async_middleware
 from django.views.decorators.http import require_http_methods
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -49,6 +52,26 @@ async def _adigest_body(request: HttpRequest) -> tuple[str, int]:
     return await asyncio.to_thread(_digest_body, request)
 
 
+@sync_and_async_middleware
+def worker_pid_middleware(get_response: Any) -> Any:
+    """``X-Demo-Pid`` on every response: tests see which worker process answered (403s included)."""
+    if iscoroutinefunction(get_response):
+
+        async def amiddleware(request: HttpRequest) -> HttpResponse:
+            response: HttpResponse = await get_response(request)
+            response["X-Demo-Pid"] = str(os.getpid())
+            return response
+
+        return amiddleware
+
+    def middleware(request: HttpRequest) -> HttpResponse:
+        response: HttpResponse = get_response(request)
+        response["X-Demo-Pid"] = str(os.getpid())
+        return response
+
+    return middleware
+
+
 def _bad_request(message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=400)
 
@@ -77,6 +100,7 @@ async def echo(request: HttpRequest) -> JsonResponse:
             "headers": headers,
             "body_sha256": sha,
             "body_length": length,
+            "pid": os.getpid(),
             "client_cert": _cert_dict(request),
         }
     )

@@ -17,30 +17,49 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
-from mtls_proxy.identity import ClientCert, load_signing_key
+from mtls_proxy.identity import ClientCert, keys_by_id, load_signing_key
 
-__all__ = ["DEFAULTS", "TRUST_MODES", "UNIX_PEER", "ProxyIdentitySettings", "get_settings", "load_settings"]
+__all__ = [
+    "DEFAULTS",
+    "REPLAY_STORES",
+    "TRUST_MODES",
+    "UNIX_PEER",
+    "ProxyIdentitySettings",
+    "get_settings",
+    "load_settings",
+]
 
 #: ``TRUSTED_PEERS`` token for requests that arrived on a Unix socket (no REMOTE_ADDR).
 UNIX_PEER = "unix"
 
 TRUST_MODES = ("signature", "trusted-peers")
+#: Where nonces are remembered (mtls_proxy.django.replay): shared by all workers, or this process only.
+REPLAY_STORES = ("database", "redis", "process")
 
 DEFAULTS: dict[str, Any] = {
     "SIGNING_KEY": None,
     "SIGNING_KEY_FILE": None,
     "PREVIOUS_SIGNING_KEYS": [],
     "PREVIOUS_SIGNING_KEY_FILES": [],
-    "MAX_AGE": 30,
+    "MAX_AGE": 10,
     "CLOCK_SKEW": 5,
     "TRUST": "signature",
     "TRUSTED_PEERS": ["127.0.0.1", "::1"],
-    "NONCE_CACHE": "default",
-    "NONCE_CACHE_MAX_ENTRIES": 100_000,
+    "REPLAY_STORE": "database",
+    "REPLAY_DATABASE": "default",
+    "REPLAY_REDIS_URL": None,
+    "REPLAY_PROCESS_MAX_ENTRIES": 100_000,
+    "SINGLE_PROCESS": False,
     "USER_RESOLVER": "mtls_proxy.django.authentication.default_user_resolver",
 }
 
+#: Settings that existed once: a clear message instead of "unknown key".
+_REMOVED = {
+    "NONCE_CACHE": "nonces now live in REPLAY_STORE ('database', 'redis' or 'process')",
+    "NONCE_CACHE_MAX_ENTRIES": "see REPLAY_PROCESS_MAX_ENTRIES (the 'process' store only)",
+}
 _MIN_KEY_BYTES = 32
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 PeerNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -49,13 +68,16 @@ class ProxyIdentitySettings:
     """The validated ``MTLS_PROXY`` settings."""
 
     trust: str
-    keys: tuple[bytes, ...]
+    keys: dict[str, bytes]  # key id -> key (mtls_proxy.identity.key_id)
     max_age: float
     clock_skew: float
     trusted_networks: tuple[PeerNetwork, ...]
     trust_unix: bool
-    nonce_cache: str | None
-    nonce_cache_max_entries: int
+    replay_store: str
+    replay_database: str
+    replay_redis_url: str | None
+    replay_process_max_entries: int
+    single_process: bool
     user_resolver: Callable[[ClientCert], Any]
 
     def is_trusted_peer(self, remote_addr: str | None) -> bool:
@@ -101,6 +123,9 @@ def _string_list(value: object, where: str) -> list[str]:
 def load_settings(raw: dict[str, Any] | None) -> ProxyIdentitySettings:
     """Validate a ``MTLS_PROXY`` dict (None: all defaults)."""
     raw = dict(raw or {})
+    for old, hint in _REMOVED.items():
+        if old in raw:
+            raise ImproperlyConfigured(f"MTLS_PROXY[{old!r}] was removed: {hint}")
     unknown = sorted(set(raw) - set(DEFAULTS))
     if unknown:
         raise ImproperlyConfigured(f"MTLS_PROXY has unknown keys: {', '.join(unknown)}")
@@ -150,12 +175,25 @@ def load_settings(raw: dict[str, Any] | None) -> ProxyIdentitySettings:
         except ValueError as exc:
             raise ImproperlyConfigured(f"MTLS_PROXY['TRUSTED_PEERS']: {entry!r} is not an address or network") from exc
 
-    nonce_cache = conf["NONCE_CACHE"]
-    if nonce_cache is not None and not isinstance(nonce_cache, str):
-        raise ImproperlyConfigured("MTLS_PROXY['NONCE_CACHE'] must be a cache alias or None")
-    max_entries = conf["NONCE_CACHE_MAX_ENTRIES"]
-    if not isinstance(max_entries, int) or max_entries < 1000:
-        raise ImproperlyConfigured("MTLS_PROXY['NONCE_CACHE_MAX_ENTRIES'] must be an integer >= 1000")
+    store = conf["REPLAY_STORE"]
+    if store not in REPLAY_STORES:
+        raise ImproperlyConfigured(
+            f"MTLS_PROXY['REPLAY_STORE'] must be one of {', '.join(REPLAY_STORES)}, not {store!r}"
+        )
+    database = conf["REPLAY_DATABASE"]
+    if not isinstance(database, str) or not database:
+        raise ImproperlyConfigured("MTLS_PROXY['REPLAY_DATABASE'] must be a database alias")
+    redis_url = conf["REPLAY_REDIS_URL"]
+    if redis_url is not None and (not isinstance(redis_url, str) or not redis_url.startswith(_REDIS_SCHEMES)):
+        raise ImproperlyConfigured("MTLS_PROXY['REPLAY_REDIS_URL'] must be a redis://, rediss:// or unix:// URL")
+    if store == "redis" and redis_url is None:
+        raise ImproperlyConfigured("MTLS_PROXY: REPLAY_STORE='redis' needs REPLAY_REDIS_URL")
+    max_entries = conf["REPLAY_PROCESS_MAX_ENTRIES"]
+    if not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 1000:
+        raise ImproperlyConfigured("MTLS_PROXY['REPLAY_PROCESS_MAX_ENTRIES'] must be an integer >= 1000")
+    single_process = conf["SINGLE_PROCESS"]
+    if not isinstance(single_process, bool):
+        raise ImproperlyConfigured("MTLS_PROXY['SINGLE_PROCESS'] must be True or False")
 
     resolver = conf["USER_RESOLVER"]
     if isinstance(resolver, str):
@@ -168,13 +206,16 @@ def load_settings(raw: dict[str, Any] | None) -> ProxyIdentitySettings:
 
     return ProxyIdentitySettings(
         trust=trust,
-        keys=tuple(keys),
+        keys=keys_by_id(keys) if keys else {},
         max_age=max_age,
         clock_skew=clock_skew,
         trusted_networks=tuple(networks),
         trust_unix=trust_unix,
-        nonce_cache=nonce_cache,
-        nonce_cache_max_entries=max_entries,
+        replay_store=store,
+        replay_database=database,
+        replay_redis_url=redis_url,
+        replay_process_max_entries=max_entries,
+        single_process=single_process,
         user_resolver=resolver,
     )
 

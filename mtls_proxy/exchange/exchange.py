@@ -183,7 +183,10 @@ class Exchange:
             self.refuse_body(Refused("body_too_large", 413, f"body over {self.max_body} bytes"))
             return
         conn_headers, _ = front.identity_for(state)
-        identity = state.identity.request_headers(conn_headers, method=head.method)
+        identity = state.identity.request_headers(
+            conn_headers, method=head.method, target=head.target, host=head.host,
+            content_length=head.content_length, chunked=head.chunked,
+        )
         self.upstream_request = upstream_head(head, front.facts, identity)
         up = self.ctx.pool.acquire_idle()
         if up is not None:

@@ -130,7 +130,9 @@ class HeadJudge:
                 if verdict.status == 400:
                     break  # the frontend closes after a 400: nothing behind it is read
                 continue
-            signed = self.state.identity.request_headers(identity, method=head.method)
+            signed = self.state.identity.request_headers(
+                identity, method=head.method, target=head.target, host=head.host,
+                content_length=head.content_length, chunked=head.chunked)
             out.exchanges.append(JudgedRequest(head.method, head.target, None,
                                                upstream_head(head, self.facts, signed)))
         return out

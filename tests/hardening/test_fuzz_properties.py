@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from mtls_proxy.certs import parse_peer
 from mtls_proxy.config import Settings, load_settings, settings_from_mapping
 from mtls_proxy.errors import ConfigError
-from mtls_proxy.identity import IdentityEncoder, IdentityOptions, header_key, verify_identity
+from mtls_proxy.identity import IdentityEncoder, IdentityOptions, RequestBinding, header_key, verify_identity
 from mtls_proxy.paths import AmbiguousPath, normalize_path
 from mtls_proxy.pki import x509 as X
 from mtls_proxy.policy import compile_policy
@@ -393,11 +393,13 @@ def test_identity_round_trip(pki, cn, org, ous, dns, uris, emails, ips, serial, 
     der = b.sign(pki.ca.key, hashes.SHA256()).public_bytes(Encoding.DER)
     peer = parse_peer(der)
     enc = IdentityEncoder(IdentityOptions(signing_key=SIGNING_KEY, rfc9440=True))
-    pairs = enc.request_headers(enc.connection_headers(peer), method=method.encode())
+    pairs = enc.request_headers(enc.connection_headers(peer), method=method.encode(), target=b"/api/x?y=%20",
+                                host=b"localhost", content_length=None, chunked=False)
     for _, v in pairs:
         assert all(0x21 <= c < 0x7F for c in v)  # printable ASCII, nothing HTTP could split or trim
     headers = {header_key(n): v.decode("ascii") for n, v in pairs}
-    cert = verify_identity(headers, method=method, key=SIGNING_KEY, now=time.time())
+    request = RequestBinding(method.encode(), b"/api/x?y=%20", b"localhost", b"none")
+    cert = verify_identity(headers, request=request, keys=SIGNING_KEY, now=time.time())
     assert cert.subject == peer.subject_dn
     assert cert.issuer == peer.issuer_dn
     assert cert.serial == format(serial, "x")

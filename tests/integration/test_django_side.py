@@ -61,15 +61,19 @@ def encoder(signing_key: tuple[Path, bytes]) -> IdentityEncoder:
 
 
 def request(
-    up: DemoUpstream, method: str, path: str, headers: Headers = (), body: bytes | None = None
+    up: DemoUpstream, method: str, path: str, headers: Headers = (), body: bytes | None = None,
+    *, skip_host: bool = False, raw_body: bool = False,
 ) -> tuple[int, Any, dict[str, str]]:
-    """One request on a fresh connection; returns (status, JSON body or text, response headers)."""
+    """One request on a fresh connection; returns (status, JSON body or text, response headers).
+
+    ``skip_host``: ``headers`` brings its own Host; ``raw_body``: send ``body`` without a Content-Length.
+    """
     conn = up.connection()
     try:
-        conn.putrequest(method, path)
+        conn.putrequest(method, path, skip_host=skip_host, skip_accept_encoding=True)
         for name, value in headers:
             conn.putheader(name, value)
-        if body is not None:
+        if body is not None and not raw_body:
             conn.putheader("Content-Length", str(len(body)))
         conn.endheaders(body)
         response = conn.getresponse()
@@ -81,8 +85,15 @@ def request(
         conn.close()
 
 
-def signed_headers(encoder: IdentityEncoder, peer: PeerIdentity, method: str = "GET", now: float | None = None) -> Any:
-    return encoder.request_headers(encoder.connection_headers(peer), method=method.encode(), now=now)
+def signed_headers(
+    encoder: IdentityEncoder, peer: PeerIdentity, method: str = "GET", target: str = "/api/whoami",
+    *, host: str = "localhost", body_length: int | None = None, now: float | None = None,
+) -> Any:
+    """What the proxy would send for this request (http.client sends ``Host: localhost`` on our sockets)."""
+    return encoder.request_headers(
+        encoder.connection_headers(peer), method=method.encode(), target=target.encode(), host=host.encode(),
+        content_length=body_length, chunked=False, now=now,
+    )
 
 
 # --- the signed path ---------------------------------------------------------------------------
@@ -105,15 +116,63 @@ def test_signed_identity_authenticates_drf_view(
 def test_signed_identity_reaches_plain_views_and_binds_the_method(
     upstream: DemoUpstream, encoder: IdentityEncoder, peer: PeerIdentity
 ) -> None:
-    status, body, _ = request(upstream, "POST", "/api/echo", signed_headers(encoder, peer, "POST"), b"hi")
+    headers = signed_headers(encoder, peer, "POST", "/api/echo", body_length=2)
+    status, body, _ = request(upstream, "POST", "/api/echo", headers, b"hi")
     assert status == 200 and body["client_cert"]["serial"] == peer.serial_hex
     assert body["body_sha256"] == hashlib.sha256(b"hi").hexdigest()
     # A GET signature presented on a DELETE: the method is part of the HMAC.
-    status, body, _ = request(upstream, "DELETE", "/api/echo", signed_headers(encoder, peer, "GET"))
+    status, body, _ = request(upstream, "DELETE", "/api/echo", signed_headers(encoder, peer, "GET", "/api/echo"))
     assert (status, body["reason"]) == (403, "bad_signature")
 
 
 # --- what a client bypassing the proxy can send --------------------------------------------------
+
+
+def test_captured_headers_are_refused_on_any_other_request(
+    upstream: DemoUpstream, encoder: IdentityEncoder, peer: PeerIdentity
+) -> None:
+    """The attack of issue 10: identity headers captured from ``POST /api/echo?x=1`` (body "hi"), sent
+    straight to Django on another method, path, query, Host or body length. Each attempt uses a fresh
+    capture, so ``replayed`` cannot be what refuses it: the signature itself does not fit."""
+
+    def capture() -> Any:
+        return signed_headers(encoder, peer, "POST", "/api/echo?x=1", body_length=2)
+
+    attempts = [
+        ("PUT", "/api/echo?x=1", "localhost", b"hi"),  # method
+        ("GET", "/api/echo?x=1", "localhost", None),  # method, and no body
+        ("POST", "/api/echo/transfer?x=1", "localhost", b"hi"),  # path
+        ("POST", "/api/echo%3Fx=1", "localhost", b"hi"),  # percent-encoding of the target
+        ("POST", "/api/echo?x=2", "localhost", b"hi"),  # query
+        ("POST", "/api/echo?x=1&to=mallory", "localhost", b"hi"),  # query parameter added
+        ("POST", "/api/echo", "localhost", b"hi"),  # query dropped
+        ("POST", "/api/echo?x=1", "evil.example", b"hi"),  # Host
+        ("POST", "/api/echo?x=1", "localhost:8443", b"hi"),  # Host port
+        ("POST", "/api/echo?x=1", "localhost", b"h"),  # body length
+        ("POST", "/api/echo?x=1", "localhost", b"hi" * 1000),  # body length
+    ]
+    for method, target, host, body in attempts:
+        headers = [("Host", host), *capture()]
+        status, data, _ = request(upstream, method, target, headers, body, skip_host=True)
+        assert (status, data["reason"]) == (403, "bad_signature"), (method, target, host, body)
+    # chunked instead of Content-Length: 2
+    headers = [("Host", "localhost"), *capture(), ("Transfer-Encoding", "chunked")]
+    status, data, _ = request(upstream, "POST", "/api/echo?x=1", headers, b"2\r\nhi\r\n0\r\n\r\n", skip_host=True,
+                              raw_body=True)
+    assert (status, data["reason"]) == (403, "bad_signature")
+    # ...and the untouched request is accepted (exactly once)
+    good = [("Host", "localhost"), *capture()]
+    status, data, _ = request(upstream, "POST", "/api/echo?x=1", good, b"hi", skip_host=True)
+    assert status == 200 and data["query_string"] == "x=1"
+    status, data, _ = request(upstream, "POST", "/api/echo?x=1", good, b"hi", skip_host=True)
+    assert (status, data["reason"]) == (403, "replayed")
+
+
+def test_v1_signature_is_refused_by_name(upstream: DemoUpstream, encoder: IdentityEncoder, peer: PeerIdentity) -> None:
+    headers = [(n, b"v1;t=%d;n=%s;s=%s" % (time.time(), b"0" * 32, b"A" * 43) if n == b"X-Client-Cert-Signature"
+                else v) for n, v in signed_headers(encoder, peer)]
+    status, body, _ = request(upstream, "GET", "/api/whoami", headers)
+    assert (status, body["reason"]) == (403, "unsupported_version")
 
 
 def test_unsigned_identity_headers_are_refused(
@@ -153,14 +212,17 @@ def test_replayed_request_is_refused(upstream: DemoUpstream, encoder: IdentityEn
 
 
 def test_stale_signature_is_expired(upstream: DemoUpstream, encoder: IdentityEncoder, peer: PeerIdentity) -> None:
-    status, body, _ = request(upstream, "GET", "/api/whoami", signed_headers(encoder, peer, now=time.time() - 60))
+    # the default window is 10 s (MAX_AGE) + 5 s CLOCK_SKEW for the nonce store
+    status, body, _ = request(upstream, "GET", "/api/whoami", signed_headers(encoder, peer, now=time.time() - 12))
     assert (status, body["reason"]) == (403, "expired")
+    status, body, _ = request(upstream, "GET", "/api/whoami", signed_headers(encoder, peer, now=time.time() + 30))
+    assert (status, body["reason"]) == (403, "future")
 
 
 def test_signature_from_another_key_is_bad_signature(upstream: DemoUpstream, peer: PeerIdentity) -> None:
     other = IdentityEncoder(IdentityOptions(signing_key=generate_signing_key().encode()))
     status, body, _ = request(upstream, "GET", "/api/whoami", signed_headers(other, peer))
-    assert (status, body["reason"]) == (403, "bad_signature")
+    assert (status, body["reason"]) == (403, "unknown_key")
 
 
 def test_no_identity_headers(upstream: DemoUpstream) -> None:
@@ -171,11 +233,14 @@ def test_no_identity_headers(upstream: DemoUpstream) -> None:
     assert status == 200 and body["client_cert"] is None
 
 
-def test_underscore_spelling_never_reaches_django(upstream: DemoUpstream) -> None:
-    # Django's ASGI handler drops header names containing "_" (they would collide in META).
+def test_underscore_spelling_is_an_identity_header_too(upstream: DemoUpstream) -> None:
+    # Django's ASGI handler drops header names containing "_" (they would collide in META), but the ASGI
+    # wrapper sees the raw scope first and counts every spelling as an identity header: refused.
     status, body, _ = request(upstream, "GET", "/api/echo", [("X_Client_Cert_Subject", "CN=admin"), ("X-Ok", "1")])
+    assert (status, body["reason"]) == (403, "missing_signature")
+    status, body, _ = request(upstream, "GET", "/api/echo", [("X_Other", "1"), ("X-Ok", "1")])
     assert status == 200 and body["client_cert"] is None
-    assert "HTTP_X_CLIENT_CERT_SUBJECT" not in body["headers"] and body["headers"]["HTTP_X_OK"] == "1"
+    assert "HTTP_X_OTHER" not in body["headers"] and body["headers"]["HTTP_X_OK"] == "1"
 
 
 # --- WebSocket (Channels) uses the same rules ----------------------------------------------------
@@ -186,7 +251,7 @@ def test_websocket_identity_and_echo(upstream: DemoUpstream, encoder: IdentityEn
     from websockets.sync.client import unix_connect
 
     assert upstream.socket_path is not None
-    signed = [(n.decode(), v.decode()) for n, v in signed_headers(encoder, peer)]
+    signed = [(n.decode(), v.decode()) for n, v in signed_headers(encoder, peer, target="/ws/echo")]
     with unix_connect(upstream.socket_path, "ws://localhost/ws/echo", additional_headers=signed) as ws:
         hello = json.loads(ws.recv(timeout=10))
         assert hello["hello"] is True
@@ -263,40 +328,14 @@ def test_trusted_peers_mode_accepts_unsigned_identity(
         assert status == 200 and body["device"] == "device-42"
 
 
-# --- the same middleware in a sync (WSGI) stack --------------------------------------------------
-
-_WSGI_SERVER = """
-import os, sys
-os.environ["DJANGO_SETTINGS_MODULE"] = "mtls_proxy.demo_app.settings"
-os.environ["MTLS_PROXY_SIGNING_KEY_FILE"] = sys.argv[1]
-from wsgiref.simple_server import WSGIRequestHandler, make_server
-from django.core.wsgi import get_wsgi_application
-
-class Quiet(WSGIRequestHandler):
-    def log_message(self, *args):
-        pass
-
-server = make_server("127.0.0.1", 0, get_wsgi_application(), handler_class=Quiet)
-print("PORT", server.server_port, flush=True)
-print("READY", flush=True)
-server.serve_forever()
-"""
+# --- the same middleware in a sync (WSGI) stack: gunicorn ------------------------------------------
 
 
-def test_sync_middleware_under_wsgi(
+def test_sync_middleware_under_gunicorn(
     tmp_path: Path, signing_key: tuple[Path, bytes], encoder: IdentityEncoder, peer: PeerIdentity
 ) -> None:
-    import subprocess
-    import sys
-
-    process = subprocess.Popen(
-        [sys.executable, "-c", _WSGI_SERVER, str(signing_key[0])], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        assert process.stdout is not None
-        port = int(process.stdout.readline().split()[1])
-        assert process.stdout.readline().strip() == b"READY"
-        up = DemoUpstream(process, f"http://127.0.0.1:{port}", None, port, tmp_path / "none")
+    """gunicorn hands Django ``RAW_URI``: the WSGI path verifies the same v2 binding, before the body is read."""
+    with start_demo_upstream(tmp_path, signing_key_file=signing_key[0], server="gunicorn", workers=1) as up:
         headers = signed_headers(encoder, peer)
         status, body, _ = request(up, "GET", "/api/whoami", headers)
         assert (status, body["device"]) == (200, "device-42")
@@ -304,8 +343,14 @@ def test_sync_middleware_under_wsgi(
         assert request(up, "GET", "/api/echo", list(encoder.connection_headers(peer)))[1]["reason"] == (
             "missing_signature"
         )
+        target = "/api/echo/a%2Fb/../c?x=1&y=%20"
+        signed = signed_headers(encoder, peer, "PUT", target, body_length=3)
+        status, body, _ = request(up, "PUT", target, signed, b"abc")
+        assert status == 200 and body["path"] == "/api/echo/a/b/../c" and body["query_string"] == "x=1&y=%20"
+        assert body["body_sha256"] == hashlib.sha256(b"abc").hexdigest()
+        for other in ("/api/echo/a/b/../c?x=1&y=%20", "/api/echo/a%2fb/../c?x=1&y=%20", "/api/echo/a%2Fb/c?x=1&y=%20"):
+            status, body, _ = request(up, "PUT", other, signed_headers(encoder, peer, "PUT", target, body_length=3),
+                                      b"abc")
+            assert (status, body["reason"]) == (403, "bad_signature"), other
         status, body, _ = request(up, "GET", "/api/echo")
         assert status == 200 and body["client_cert"] is None
-    finally:
-        process.kill()
-        process.communicate(timeout=10)

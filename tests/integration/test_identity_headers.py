@@ -73,3 +73,45 @@ def test_identity_headers_can_be_turned_off(proxies, pki):
     seen = _chunked_json(raw_exchange(proxy.port, pki.client_context(client), req))
     assert not any(k.startswith("HTTP_X_CLIENT_CERT") for k in seen["headers"])
     assert seen["client_cert"] is None
+
+
+def test_identity_captured_from_the_proxy_is_worthless_on_django_directly(proxy, pki, upstream):
+    """Issue 10's attack with the proxy's real output: the headers of a proxied ``POST /api/echo?x=1``
+    (as Django received them) replayed straight to Django, on the same and on other requests."""
+    ctx = pki.client_context(pki.client("device-capture"))
+    status, _, raw = proxy.request(ctx, "POST", "/api/echo?x=1", body=b"hi")
+    assert status == 200
+    received = json.loads(raw)["headers"]
+    captured = [("-".join(p.capitalize() for p in key[5:].split("_")), value) for key, value in received.items()
+                if key.startswith(("HTTP_X_CLIENT_CERT", "HTTP_CLIENT_CERT"))]
+    assert any(name == "X-Client-Cert-Signature" and value.startswith("v2;k=") for name, value in captured)
+    host = received["HTTP_HOST"]
+    assert host == f"localhost:{proxy.port}"
+
+    def direct(method, target, body, host=host):
+        conn = upstream.connection()
+        try:
+            conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+            conn.putheader("Host", host)
+            for name, value in captured:
+                conn.putheader(name, value)
+            if body is not None:
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    for method, target, body, other_host in [
+        ("POST", "/api/echo/transfer?to=x", b"hi", host),  # the exact case of the issue
+        ("POST", "/api/echo?x=1", b"another body", host),
+        ("POST", "/api/echo?x=2", b"hi", host),
+        ("GET", "/admin/users", None, host),  # a path the proxy would deny
+        ("POST", "/api/echo?x=1", b"hi", "evil.example"),
+    ]:
+        assert direct(method, target, body, other_host) == (
+            403, {"error": "untrusted client identity", "reason": "bad_signature"}
+        ), (method, target, other_host)
+    # the very same request: its nonce was used when the proxy forwarded it
+    assert direct("POST", "/api/echo?x=1", b"hi") == (403, {"error": "untrusted client identity", "reason": "replayed"})

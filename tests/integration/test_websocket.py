@@ -46,7 +46,7 @@ async def test_websocket_echo_text_and_binary_with_identity(proxy, ctx, client):
         headers = hello["headers"]
         assert headers["x-client-cert-subject"] != "CN=forged"  # the client's copy was stripped, ours set
         assert "CN%3Ddevice-ws" in headers["x-client-cert-subject"]
-        assert headers["x-client-cert-signature"].startswith("v1;")
+        assert headers["x-client-cert-signature"].startswith("v2;k=")
         assert headers["x-forwarded-proto"] == "https"
         assert headers["x-forwarded-for"] == "127.0.0.1"
         assert headers["upgrade"].lower() == "websocket"

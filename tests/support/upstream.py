@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ class DemoUpstream:
     port: int | None
     stderr_path: Path
     _reader: threading.Thread | None = field(default=None, repr=False)
+    worker_pids: list[int] = field(default_factory=list)
 
     def stderr_text(self) -> str:
         try:
@@ -57,6 +59,8 @@ class DemoUpstream:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout)
+        with contextlib.suppress(ProcessLookupError):  # workers left behind by a killed supervisor
+            os.killpg(self.process.pid, signal.SIGKILL)
         if self._reader is not None:
             self._reader.join(timeout)
         if self.process.stdout is not None:
@@ -99,13 +103,18 @@ def start_demo_upstream(
     trust: str | None = None,
     extra_env: dict[str, str] | None = None,
     ready_timeout: float = READY_TIMEOUT,
+    server: str = "uvicorn",
+    workers: int = 1,
 ) -> DemoUpstream:
-    """Start ``python -m mtls_proxy.demo_app serve`` and return once it prints READY.
+    """Start ``python -m mtls_proxy.demo_app serve`` and return once it is ready.
 
     ``uds=True`` serves on a Unix socket in ``tmp_path`` (or a short /tmp path when
     ``tmp_path`` is too long for ``sun_path``); otherwise on 127.0.0.1 with a free port.
     Without ``signing_key_file`` the demo trusts identity headers from loopback/Unix peers;
-    ``trust`` overrides the mode.
+    ``trust`` overrides the mode. ``server="gunicorn"`` runs WSGI sync workers; with
+    ``workers > 1`` (or gunicorn) ready means every worker printed ``WORKER <pid>``
+    (``DemoUpstream.worker_pids``). ``extra_env`` carries the demo's database and replay
+    store settings (see mtls_proxy/demo_app/settings.py).
     """
     tmp_path = Path(tmp_path)
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -120,16 +129,20 @@ def start_demo_upstream(
         cmd += ["--signing-key-file", os.fspath(signing_key_file)]
     if trust is not None:
         cmd += ["--trust", trust]
+    cmd += ["--server", server, "--workers", str(workers)]
+    counts_workers = server == "gunicorn" or workers > 1
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     fd, name = tempfile.mkstemp(prefix="demo-upstream-", suffix=".stderr", dir=tmp_path)
     stderr_path = Path(name)
     with os.fdopen(fd, "wb") as stderr_file:
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr_file, env=env)
+        # Own session: stop() can end a supervisor's workers too, even after a SIGKILL.
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr_file, env=env, start_new_session=True)
 
-    ready = threading.Event()  # set on READY, or on EOF (the process died)
+    ready = threading.Event()  # set on READY (or the last WORKER line), or on EOF (the process died)
     saw_ready: list[bool] = []
     port_box: list[int] = []
+    pids: list[int] = []
 
     def drain() -> None:
         assert process.stdout is not None
@@ -137,7 +150,12 @@ def start_demo_upstream(
             line = raw.decode("utf-8", "replace").strip()
             if line.startswith("PORT "):
                 port_box.append(int(line.split()[1]))
-            elif line == "READY":
+            elif line.startswith("WORKER "):
+                pids.append(int(line.split()[1]))
+                if counts_workers and len(pids) == workers:
+                    saw_ready.append(True)
+                    ready.set()
+            elif line == "READY" and not counts_workers:
                 saw_ready.append(True)
                 ready.set()
         ready.set()  # EOF: the process died; the waiter checks poll()
@@ -159,4 +177,6 @@ def start_demo_upstream(
     else:
         port = port_box[0]
         url = f"http://127.0.0.1:{port}"
-    return DemoUpstream(process, url, socket_path, port, stderr_path, reader)
+    handle = DemoUpstream(process, url, socket_path, port, stderr_path, reader)
+    handle.worker_pids = pids
+    return handle
