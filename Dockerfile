@@ -1,10 +1,14 @@
 # mtls-proxy: docker run -v ./certs:/certs:ro -v ./config.yaml:/etc/mtls-proxy/config.yaml:ro -p 8443:8443 IMAGE
 FROM python:3.11-slim
 
-# Install the package (and its runtime dependencies only) as root, then drop privileges.
+# The runtime dependencies at the exact versions and hashes of requirements.lock (generated from
+# pyproject.toml by scripts/lock.sh), in their own layer; then the package alone, checked against them;
+# then drop privileges.
+COPY requirements.lock /src/
+RUN pip install --no-cache-dir --require-hashes -r /src/requirements.lock
 COPY pyproject.toml README.md /src/
 COPY mtls_proxy /src/mtls_proxy
-RUN pip install --no-cache-dir /src && rm -rf /src \
+RUN pip install --no-cache-dir --no-deps /src && pip check && rm -rf /src \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin mtls
 
 USER 10001

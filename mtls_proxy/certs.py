@@ -76,6 +76,8 @@ class PeerIdentity:
     san_email: tuple[str, ...] = ()
     san_ip: tuple[str, ...] = ()
     has_client_auth_eku: bool = False
+    #: the certificate has an extended key usage extension at all (pinned certificates may lack one)
+    has_eku: bool = False
     is_ca: bool = False
     chain_der: tuple[bytes, ...] = field(default=(), compare=False)  # verified chain without the leaf
     #: SHA-256 (hex) of the trust anchor the handshake chained to: lets a reload that drops a CA
@@ -91,6 +93,28 @@ class PeerIdentity:
     @property
     def serial_hex(self) -> str:
         return format(self.serial, "x")
+
+
+def load_certificates(data: bytes) -> list[x509.Certificate]:
+    """Every certificate in ``data``: PEM (one or more blocks) or a single DER certificate.
+
+    ``keytool -exportcert`` writes DER unless given ``-rfc``; both are accepted where a file holds
+    client certificates. Raises ValueError when nothing can be read.
+    """
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_certificates(data)
+    return [x509.load_der_x509_certificate(data)]
+
+
+def is_self_signed(cert: x509.Certificate) -> bool:
+    """Issuer name equals subject name and the certificate's own key verifies its signature."""
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def rebuild_chain(leaf_der: bytes, cas: Sequence[x509.Certificate]) -> tuple[bytes, ...]:
@@ -143,9 +167,9 @@ def parse_peer(der: bytes, chain_der: tuple[bytes, ...] = ()) -> PeerIdentity:
         pass
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        client_auth = ExtendedKeyUsageOID.CLIENT_AUTH in eku
+        client_auth, has_eku = ExtendedKeyUsageOID.CLIENT_AUTH in eku, True
     except x509.ExtensionNotFound:
-        client_auth = False
+        client_auth = has_eku = False
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
@@ -166,6 +190,7 @@ def parse_peer(der: bytes, chain_der: tuple[bytes, ...] = ()) -> PeerIdentity:
         san_email=email,
         san_ip=ip,
         has_client_auth_eku=client_auth,
+        has_eku=has_eku,
         is_ca=is_ca,
         chain_der=chain_der,
         anchor_sha256=hashlib.sha256(chain_der[-1] if chain_der else der).hexdigest(),

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mtls_proxy import __version__
@@ -116,6 +117,10 @@ async def _run_worker(args: argparse.Namespace, state: RuntimeState) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Exit 1 on any problem; warnings (a config that loads but surprises) go to stderr, exit 0."""
+    import datetime as dt
+
+    from mtls_proxy.certs import load_certificates
+    from mtls_proxy.diagnose import TrustMaterial, judge_client_cert, trust_notes
     from mtls_proxy.policy_check import unreachable_denies
     from mtls_proxy.state import load_state
 
@@ -130,10 +135,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     revoked = len(state.trust.revoked)
     print(
         f"{args.config}: OK: listen {', '.join(str(a) for a in s.listen)}; upstream {s.upstream.url}; "
-        f"{len(s.tls.client_ca)} client CA file(s); {len(s.tls.crl)} CRL(s) with {revoked} revoked; "
-        f"{len(s.policy.rules)} rule(s)"
+        f"{len(s.tls.client_ca)} client CA file(s); {len(state.trust.pinned)} pinned client "
+        f"certificate(s); {len(s.tls.crl)} CRL(s) with {revoked} revoked; {len(s.policy.rules)} rule(s)"
     )
-    return 0
+    material = TrustMaterial.read(s)
+    now = dt.datetime.now(dt.UTC)
+    for note in trust_notes(s, material, now):
+        print(f"note: {note}")
+    if args.client_cert is None:
+        return 0
+    try:
+        cert = load_certificates(Path(args.client_cert).read_bytes())[0]
+    except (OSError, ValueError) as exc:
+        print(f"{args.client_cert}: cannot read a certificate ({exc})", file=sys.stderr)
+        return 1
+    accepted, reasons = judge_client_cert(s, material, cert, now)
+    print(f"{args.client_cert}: {'ACCEPTED' if accepted else 'REFUSED'}: {cert.subject.rfc4514_string()}")
+    for reason in reasons:
+        print(f"  {reason}")
+    return 0 if accepted else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -164,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config file and everything it names, then exit")
     check.add_argument("--config", "-c", required=True, help="YAML config file")
+    check.add_argument("--client-cert", metavar="CERT",
+                       help="also judge this client certificate (PEM or DER): exit 1 if the proxy would refuse it")
     check.set_defaults(func=cmd_check)
 
     demo = sub.add_parser("demo", help="throwaway PKI + sample Django app + proxy, on this machine")

@@ -21,15 +21,21 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from mtls_proxy.certs import load_certificates
 from mtls_proxy.errors import ConfigError, ConfigProblem
 from mtls_proxy.paths import MAX_PATH_LENGTH, MAX_PATH_SEGMENTS
 from mtls_proxy.policy import Policy, compile_policy
+from mtls_proxy.trust import pin_refusal
+from mtls_proxy.x509_strict import strict_ca_problems
 
 
 @dataclass(frozen=True)
 class ListenAddress:
     host: str
     port: int
+    #: "required" (default) or "optional": the listener lets clients without a certificate finish the
+    #: handshake; only rules with ``clients: none`` admit them (enrollment)
+    client_auth: str = "required"
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -53,6 +59,9 @@ class TlsSettings:
     key: Path
     client_ca: tuple[Path, ...]
     crl: tuple[Path, ...] = ()
+    #: CRLs published at http(s) URLs (the enrollment service's): fetched every crl_refresh (crlfetch.py)
+    crl_urls: tuple[str, ...] = ()
+    crl_refresh: float = 10.0
     min_version: str = "1.2"
     handshake_timeout: float = 10.0
     #: Names this listener serves; when a client sent SNI, Host must name the same server (else 421).
@@ -60,6 +69,10 @@ class TlsSettings:
     session_tickets: bool = True
     #: most CA certificates allowed between a client leaf and its anchor (anchor included); longer: 403
     verify_depth: int = 2
+    #: pinned client certificates (PEM or DER files), each trusted exactly, by its SHA-256
+    client_certs: tuple[Path, ...] = ()
+    #: OpenSSL's RFC 5280 profile checks (X509_STRICT); false accepts e.g. leaves without an AKID
+    x509_strict: bool = True
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,8 @@ class Limits:
     max_handshakes_per_address: int = 64
     #: a new connection must send its first TLS bytes within this (the rest of tls.handshake_timeout follows)
     first_byte_timeout: float = 3.0
+    #: requests a minute from one address without a client certificate (client_auth: optional); over: 429
+    anonymous_requests_per_minute: int = 60
     max_path_length: int = MAX_PATH_LENGTH
     max_path_segments: int = MAX_PATH_SEGMENTS
 
@@ -138,7 +153,8 @@ class Settings:
 
     def watched_files(self) -> tuple[Path, ...]:
         """Every file a reload reads: what ``reload.watch`` watches."""
-        files = [self.source, self.tls.cert, self.tls.key, *self.tls.client_ca, *self.tls.crl]
+        files = [self.source, self.tls.cert, self.tls.key, *self.tls.client_ca, *self.tls.client_certs,
+                 *self.tls.crl]
         if self.identity.signing_key_file is not None:
             files.append(self.identity.signing_key_file)
         return tuple(files)
@@ -263,6 +279,18 @@ def _parse_listen(loader: _Loader, raw: Any, key: str = "listen") -> tuple[Liste
     out = []
     for i, item in enumerate(items):
         path = f"{key}[{i}]" if isinstance(raw, list) else key
+        client_auth = "required"
+        if isinstance(item, dict) and key == "listen":
+            for k in item:
+                if k not in ("address", "client_auth"):
+                    loader.problem(f"{path}.{k}", "unknown key; allowed: address, client_auth")
+            client_auth = str(item.get("client_auth", "required"))
+            if client_auth not in ("required", "optional"):
+                loader.problem(f"{path}.client_auth", f"{client_auth!r}: use 'required' or 'optional'")
+            if "address" not in item:
+                loader.problem(f"{path}.address", "required")
+                continue
+            item = item["address"]
         text = str(item)
         host, sep, port = text.rpartition(":")
         host = host.strip("[]") if sep else "0.0.0.0"
@@ -270,7 +298,7 @@ def _parse_listen(loader: _Loader, raw: Any, key: str = "listen") -> tuple[Liste
         if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:  # not '²' or '٣'
             loader.problem(path, f"{text!r} is not host:port")
             continue
-        out.append(ListenAddress(host or "0.0.0.0", int(port)))
+        out.append(ListenAddress(host or "0.0.0.0", int(port), client_auth))
     return tuple(out)
 
 
@@ -309,18 +337,23 @@ def _is_ca(cert: x509.Certificate) -> bool:
 
 def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509.Certificate]]:
     d = loader.mapping(
-        raw, "tls", ("cert", "key", "client_ca", "crl", "min_version", "handshake_timeout", "server_names",
-                     "session_tickets", "verify_depth"),
+        raw, "tls", ("cert", "key", "client_ca", "client_certs", "crl", "crl_refresh", "min_version",
+                     "handshake_timeout", "server_names", "session_tickets", "verify_depth", "x509_strict"),
     )
     if raw is None:
         return None, []  # reported once as "tls: required"
-    for req in ("cert", "key", "client_ca"):
+    for req in ("cert", "key"):
         if req not in d:
             loader.problem(f"tls.{req}", "required")
+    if "client_ca" not in d and not d.get("client_certs"):
+        loader.problem("tls.client_ca", "required (a client CA), unless tls.client_certs pins client certificates")
     cert = loader.file(d["cert"], "tls.cert") if "cert" in d else None
     key = loader.file(d["key"], "tls.key") if "key" in d else None
     cas = loader.files(d["client_ca"], "tls.client_ca") if "client_ca" in d else ()
-    crls = loader.files(d["crl"], "tls.crl") if d.get("crl") else ()
+    pinned_files = loader.files(d["client_certs"], "tls.client_certs") if d.get("client_certs") else ()
+    strict = loader.typed(d, "x509_strict", "tls", bool, True)
+    crl_files, crl_urls = _split_crl_entries(loader, d.get("crl"))
+    crls = loader.files(crl_files, "tls.crl") if crl_files else ()
     min_version = str(d.get("min_version", "1.2"))
     if min_version not in ("1.2", "1.3"):
         loader.problem("tls.min_version", f"{min_version!r}: use '1.2' or '1.3' (TLS 1.0 and 1.1 are refused)")
@@ -349,12 +382,33 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
     ca_certs: list[x509.Certificate] = []
     for i, ca in enumerate(cas):
         kp = f"tls.client_ca[{i}]" if isinstance(d.get("client_ca"), list) else "tls.client_ca"
-        found = [c for c in _load_pem_certs(loader, ca, kp) if _is_ca(c)]
+        in_file = _load_pem_certs(loader, ca, kp)
+        found = [c for c in in_file if _is_ca(c)]
         if not found:
-            loader.problem(kp, f"{ca}: holds no CA certificate (basicConstraints CA:TRUE)")
+            loader.problem(kp, f"{ca}: holds no CA certificate (basicConstraints CA:TRUE)" + (
+                "; to trust exactly this certificate (a self-signed app certificate, say), list it in"
+                " tls.client_certs instead" if in_file else ""))
+        for c in found if strict else ():
+            for problem in strict_ca_problems(c):
+                loader.problem(kp, f"{ca}: {problem}")
         ca_certs += found
 
+    pinned: list[tuple[str, x509.Certificate]] = []
+    for i, pf in enumerate(pinned_files):
+        kp = f"tls.client_certs[{i}]" if isinstance(d.get("client_certs"), list) else "tls.client_certs"
+        try:
+            certs = load_certificates(pf.read_bytes())
+        except ValueError:
+            loader.problem(kp, f"{pf}: no certificate could be read (PEM, or DER as keytool -exportcert writes)")
+            continue
+        for c in certs:
+            refusal = pin_refusal(c)
+            if refusal is not None:
+                loader.problem(kp, f"{pf}: {c.subject.rfc4514_string()!r} {refusal}")
+            pinned.append((kp, c))
+
     now = dt.datetime.now(dt.UTC)
+    crl_issuers: list[x509.Name] = []
     for i, crl_path in enumerate(crls):
         kp = f"tls.crl[{i}]" if isinstance(d.get("crl"), list) else "tls.crl"
         try:
@@ -367,19 +421,46 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
             loader.problem(kp, f"{crl_path}: not signed by any configured client CA")
         if crl.next_update_utc is not None and crl.next_update_utc < now:
             loader.problem(kp, f"{crl_path}: expired (nextUpdate {crl.next_update_utc:%Y-%m-%d %H:%M:%S}Z)")
+        crl_issuers.append(crl.issuer)
 
-    if cert is None or key is None or not cas:
+    for kp, c in pinned if (crls or crl_urls) else ():  # a CRL URL's issuer is unknown here: refused too
+        if c.issuer not in crl_issuers:
+            loader.problem(kp, f"{c.subject.rfc4514_string()!r}: with tls.crl set, OpenSSL wants a CRL from the issuer"
+                           f" of every client certificate and none is from {c.issuer.rfc4514_string()!r} (a"
+                           " self-signed certificate has none): every handshake with it would fail (crl_missing);"
+                           " remove tls.crl while certificates are pinned (refuse one with policy.deny or by"
+                           " unpinning it)")
+
+    if cert is None or key is None or not (cas or pinned_files):
         return None, ca_certs
     return (
         TlsSettings(
-            cert=cert, key=key, client_ca=cas, crl=crls, min_version=min_version,
+            cert=cert, key=key, client_ca=cas, crl=crls, crl_urls=crl_urls,
+            crl_refresh=loader.converted(d, "crl_refresh", "tls", parse_duration, 10.0), min_version=min_version,
             handshake_timeout=loader.converted(d, "handshake_timeout", "tls", parse_duration, 10.0),
             server_names=tuple(s.lower() for s in server_names),
             session_tickets=loader.typed(d, "session_tickets", "tls", bool, True),
             verify_depth=_verify_depth(loader, d),
+            client_certs=pinned_files,
+            x509_strict=strict,
         ),
         ca_certs,
     )
+
+
+def _split_crl_entries(loader: _Loader, raw: Any) -> tuple[Any, tuple[str, ...]]:
+    """``tls.crl`` holds file paths and http(s) URLs; the URLs are fetched (and checked) by the state builder."""
+    if not raw:
+        return None, ()
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list):
+        return raw, ()  # loader.files reports the type
+    urls = tuple(v for v in items if isinstance(v, str) and v.startswith(("http://", "https://")))
+    for i, v in enumerate(items):
+        if isinstance(v, str) and "://" in v and v not in urls:
+            loader.problem(f"tls.crl[{i}]" if isinstance(raw, list) else "tls.crl", f"{v}: only http(s) URLs")
+    files = [v for v in items if not (isinstance(v, str) and "://" in v)]
+    return (files or None), urls
 
 
 def _verify_depth(loader: _Loader, d: dict[str, Any]) -> int:
@@ -435,9 +516,9 @@ _LIMIT_DURATIONS = ("head_timeout", "idle_timeout", "body_timeout", "upstream_co
                     "upstream_read_timeout", "upstream_idle_timeout", "drain_timeout", "send_timeout",
                     "tunnel_idle_timeout", "tunnel_max_lifetime", "first_byte_timeout")
 _LIMIT_INTS = ("upstream_max_idle", "max_connections", "max_pipelined", "max_handshakes",
-               "max_handshakes_per_address", "max_path_segments")
+               "max_handshakes_per_address", "max_path_segments", "anonymous_requests_per_minute")
 _LIMIT_NONZERO = ("max_connections", "max_path_length", "max_path_segments", "max_pipelined", "max_handshakes",
-                  "max_handshakes_per_address")
+                  "max_handshakes_per_address", "anonymous_requests_per_minute")
 
 
 def _parse_limits(loader: _Loader, raw: Any) -> Limits:

@@ -32,6 +32,29 @@ class OpenConnection(Protocol):
     def abort(self) -> None: ...
 
 
+class AddressRateLimiter:
+    """A token bucket per client address: ``per_minute`` requests, refilled continuously, burst the same.
+
+    For clients without a certificate (enrollment): they have no identity to limit, only an address.
+    At most ``max_addresses`` buckets are kept; past it the oldest is dropped (that address starts full).
+    """
+
+    def __init__(self, per_minute: int, max_addresses: int = 65536) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(per_minute)
+        self.max_addresses = max_addresses
+        self._buckets: dict[bytes, tuple[float, float]] = {}
+
+    def allow(self, address: bytes, now: float) -> bool:
+        tokens, last = self._buckets.pop(address, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[address] = (tokens - 1.0 if allowed else tokens, now)  # re-inserted: newest last
+        if len(self._buckets) > self.max_addresses:
+            del self._buckets[next(iter(self._buckets))]
+        return allowed
+
+
 class ServerContext:
     """The server as its connections see it. ``state`` is replaced in one assignment on reload."""
 
@@ -40,6 +63,7 @@ class ServerContext:
         self.pool = pool
         self.loop = loop
         self.draining = False
+        self.anonymous_limiter = AddressRateLimiter(state.settings.limits.anonymous_requests_per_minute)
         self.connections: set[OpenConnection] = set()
         #: re-judge instants (epoch seconds) -> the connections whose standing may change then
         self._due: dict[float, set[OpenConnection]] = {}

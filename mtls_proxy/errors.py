@@ -1,4 +1,5 @@
-"""The error tree. Each error carries the HTTP status it maps to, converted in one place (proxy)."""
+"""The error tree. Each error carries the HTTP status it maps to; what a refusal means on the wire
+(status, whether the connection closes) is decided in one table, :mod:`mtls_proxy.judging.outcomes`."""
 
 from __future__ import annotations
 
@@ -28,42 +29,6 @@ class BadRequest(ProxyError):
 class HeadTooLarge(BadRequest):
     status = 431
     reason = "request_head_too_large"
-
-
-class BodyTooLarge(ProxyError):
-    status = 413
-    reason = "body_too_large"
-
-
-class ExpectationFailed(ProxyError):
-    status = 417
-    reason = "expectation_failed"
-
-
-class VersionNotSupported(ProxyError):
-    """Only HTTP/1.0 and HTTP/1.1 are spoken on the listener (ALPN offers http/1.1 only)."""
-
-    status = 505
-    reason = "http_version_not_supported"
-
-
-class TransferCodingNotImplemented(ProxyError):
-    """A request transfer coding other than plain ``chunked`` (RFC 9112 6.1): never dropped silently."""
-
-    status = 501
-    reason = "unsupported_transfer_coding"
-
-
-class MisdirectedRequest(ProxyError):
-    """Host does not match the TLS SNI name (RFC 9110 15.5.20)."""
-
-    status = 421
-    reason = "host_sni_mismatch"
-
-
-class PolicyDenied(ProxyError):
-    status = 403
-    reason = "denied"
 
 
 class Refused(ProxyError):

@@ -356,15 +356,20 @@ class IdentityEncoder:
         content_length: int | None,
         chunked: bool,
         now: float | None = None,
+        anonymous: bool = False,
     ) -> tuple[tuple[bytes, bytes], ...]:
         """``conn_headers`` plus, with a signing key, a fresh v2 ``X-Client-Cert-Signature``.
+
+        ``anonymous``: the client presented no certificate (a ``client_auth: optional`` listener):
+        the signature is made over empty identity values, so Django learns from the proxy itself
+        that there is no certificate, and a client-sent identity (always stripped) cannot pose as one.
 
         ``method``, ``target`` (as forwarded), ``host`` (the forwarded Host value) and the
         body framing (``chunked`` wins over ``content_length``, as in the forwarded head)
         must be exactly what goes upstream: Django recomputes them from what it receives.
         """
         key = self._key
-        if key is None or not conn_headers:
+        if key is None or not (conn_headers or anonymous):
             return conn_headers
         tail = conn_headers.signed_tail if isinstance(conn_headers, ConnectionHeaders) else _signed_tail(conn_headers)
         request = RequestBinding(method, canonical_target(target), host, body_framing(content_length, chunked))
@@ -424,7 +429,7 @@ class ClientCert:
 class SignedIdentity:
     """A signature that checked out; the caller still has to reject a reused ``nonce``."""
 
-    cert: ClientCert
+    cert: ClientCert | None  # None: signed by the proxy for a client without a certificate
     nonce: str
     timestamp: int
     expires_at: float
@@ -613,7 +618,9 @@ def check_signature(
         raise IdentityError("future", f"timestamp {t} is ahead of {int(current)}")
     if current - t > max_age:
         raise IdentityError("expired", f"timestamp {t} is older than {max_age}s")
-    cert = _decode(headers)
+    # A signature over no identity at all: the proxy saying the client presented no certificate
+    # (a client_auth: optional listener); still bound to this request and replay-checked.
+    cert = _decode(headers) if any(headers.get(k) for k in _SIGNED_KEYS) else None
     return SignedIdentity(cert=cert, nonce=n_b.decode("ascii"), timestamp=t, expires_at=t + max_age + clock_skew)
 
 
@@ -626,8 +633,9 @@ def verify_identity(
     now: float | None = None,
     seen_nonce: Callable[[str, float], bool] | None = None,
     clock_skew: float = 5,
-) -> ClientCert:
-    """Verify signed identity headers (keyed by :func:`header_key`) for ``request``; return the certificate.
+) -> ClientCert | None:
+    """Verify signed identity headers (keyed by :func:`header_key`) for ``request``; return the certificate
+    (None: the proxy signed for a client that presented none).
 
     ``seen_nonce(nonce, expires_at)`` must return True if the nonce was already used and
     otherwise remember it until ``expires_at``; without it replays are not detected.

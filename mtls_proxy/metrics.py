@@ -42,6 +42,9 @@ HANDSHAKES_IN_PROGRESS = Gauge("mtls_proxy_tls_handshakes_in_progress", "TLS han
 HANDSHAKES_REJECTED = Counter("mtls_proxy_connections_refused_before_handshake",
                               "New sockets closed at once because the handshake budget was used up, by reason",
                               ["reason"])
+CRL_FETCH_FAILURES = Counter("mtls_proxy_crl_fetch_failures", "Failed fetches of a CRL URL", ["url"])
+CRL_FETCHED = Gauge("mtls_proxy_crl_last_fetch_timestamp_seconds", "Last successful fetch of a CRL URL", ["url"],
+                    multiprocess_mode="max")
 TUNNEL_CLOSES = Counter("mtls_proxy_tunnel_closes", "WebSocket tunnels closed, by cause", ["cause"])
 REJUDGED = Counter("mtls_proxy_connections_refused_on_rejudge",
                    "Open connections whose client a reload or an expiry made refused, by reason", ["reason"])

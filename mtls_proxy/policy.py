@@ -4,8 +4,10 @@ Default deny. The deny-list (serials, certificate fingerprints, SPKI pins) is ch
 first (by :func:`mtls_proxy.judging.judge`), then the first rule whose method and
 path match decides. A rule either denies, or allows the clients
 that satisfy any one of its ``clients`` matchers (all fields of one matcher must
-hold). ``clients: any`` means every client whose certificate chained to a pinned
-client CA (the TLS layer already proved that).
+hold). ``clients: any`` means every client whose certificate chained to a configured
+client CA or is a pinned client certificate (the TLS layer already proved that);
+``clients: none`` admits clients that presented no certificate (a ``client_auth: optional``
+listener, e.g. for enrollment), and nothing else does.
 
 Path patterns are matched against :func:`mtls_proxy.paths.normalize_path` output:
 ``/api/`` (ends with ``/``) is a prefix and also matches ``/api``; a pattern with
@@ -80,6 +82,8 @@ class ClientMatcher:
     """One ``clients`` entry; every field given must match (AND); values of a field are OR."""
 
     any_client: bool = False
+    #: ``none``: a client that presented no certificate (only on a ``client_auth: optional`` listener)
+    no_client: bool = False
     subject: tuple[tuple[str, ValueMatcher], ...] = ()
     issuer: tuple[tuple[str, ValueMatcher], ...] = ()
     san: tuple[tuple[str, ValueMatcher], ...] = ()
@@ -88,7 +92,11 @@ class ClientMatcher:
     fingerprints: frozenset[str] = frozenset()
     spki: frozenset[str] = frozenset()
 
-    def matches(self, peer: PeerIdentity) -> bool:
+    def matches(self, peer: PeerIdentity | None) -> bool:
+        if peer is None:
+            return self.no_client
+        if self.no_client:
+            return False
         if self.any_client:
             return True
         for attr, m in self.subject:
@@ -176,8 +184,11 @@ class Policy:
             or peer.spki_sha256 in self.deny_spki
         )
 
-    def evaluate_rules(self, peer: PeerIdentity, method: str, path: str) -> Decision:
-        """The first rule whose method and path match decides; none matching: deny. Pure."""
+    def evaluate_rules(self, peer: PeerIdentity | None, method: str, path: str) -> Decision:
+        """The first rule whose method and path match decides; none matching: deny. Pure.
+
+        ``peer`` None is a client without a certificate: only a ``clients: none`` matcher admits it.
+        """
         for rule in self.rules:
             if rule.applies(method, path):
                 if rule.deny:
@@ -185,7 +196,7 @@ class Policy:
                 for matcher in rule.clients:
                     if matcher.matches(peer):
                         return Decision(True, rule.name, "allowed", rule.max_body_size)
-                return Decision(False, rule.name, "client_not_allowed")
+                return Decision(False, rule.name, "client_cert_required" if peer is None else "client_not_allowed")
         return Decision(False, "-", "no_matching_rule")
 
 
@@ -272,8 +283,10 @@ _CLIENT_KEYS = {"subject", "issuer", "san", "serial", "fingerprint", "spki"}
 def _compile_client(raw: Any, path: str, problems: _Problems) -> ClientMatcher | None:
     if raw == "any":
         return ClientMatcher(any_client=True)
+    if raw == "none":
+        return ClientMatcher(no_client=True)
     if not isinstance(raw, dict) or not raw:
-        problems.add(path, "expected 'any' or a mapping with subject/issuer/san/serial/fingerprint/spki")
+        problems.add(path, "expected 'any', 'none' or a mapping with subject/issuer/san/serial/fingerprint/spki")
         return None
     for k in raw:
         if k not in _CLIENT_KEYS:
@@ -393,8 +406,8 @@ def compile_policy(
             if raw_clients is None:
                 problems.add(f"{rpath}.clients", "an allow rule needs 'clients' ('any' or a list of matchers)")
                 raw_clients = []
-            if raw_clients == "any":
-                raw_clients = ["any"]
+            if raw_clients in ("any", "none"):
+                raw_clients = [raw_clients]
             if not isinstance(raw_clients, list):
                 problems.add(f"{rpath}.clients", "expected 'any' or a list of matchers")
                 raw_clients = []

@@ -24,11 +24,12 @@ from mtls_proxy import metrics
 from mtls_proxy.admin import start_admin, upstream_reachable
 from mtls_proxy.config import ListenAddress
 from mtls_proxy.context import ServerContext
+from mtls_proxy.crlfetch import CrlCache, CrlFetchError
 from mtls_proxy.errors import ConfigError
 from mtls_proxy.frontends.http1 import Http1Connection
 from mtls_proxy.logs import setup_logging
-from mtls_proxy.state import RuntimeState, load_state
-from mtls_proxy.tls import classify_handshake_error
+from mtls_proxy.state import RuntimeState, build_state, load_state
+from mtls_proxy.tls import classify_handshake_error, handshake_failure_hint
 from mtls_proxy.tlsconn import TlsServerConnection
 from mtls_proxy.upstream import UpstreamPool
 from mtls_proxy.watch import watch_and_reload
@@ -88,6 +89,7 @@ class ProxyServer:
         self.loop = loop
         self.handshaking = 0
         self._handshakes_by_address: dict[str, int] = {}
+        self.crl_cache = CrlCache()
         #: handshaken connections waiting for a max_connections slot, in arrival order
         self._held: deque[TlsServerConnection] = deque()
         self.sockets: list[socket.socket] = []
@@ -113,9 +115,15 @@ class ProxyServer:
         for sock in self.sockets:
             host, port = sock.getsockname()[:2]
             log.info("listening on https://%s:%d (generation %d)", host, port, self.state.generation)
-            self._accept_tasks.append(self.loop.create_task(self._accept_loop(sock)))
+            optional = self._listener_is_optional(len(self._accept_tasks))
+            self._accept_tasks.append(self.loop.create_task(self._accept_loop(sock, optional)))
 
-    async def _accept_loop(self, sock: socket.socket) -> None:
+    def _listener_is_optional(self, index: int) -> bool:
+        """Whether listener ``index`` (sockets are bound in the order of ``listen``) takes clients without certs."""
+        listen = self.state.settings.listen
+        return index < len(listen) and listen[index].client_auth == "optional"
+
+    async def _accept_loop(self, sock: socket.socket, client_cert_optional: bool = False) -> None:
         loop = self.loop
         while not self.draining:
             # Established connections only: handshakes have their own budget below, so sockets that
@@ -148,7 +156,9 @@ class ProxyServer:
             self._handshakes_by_address[address] = self._handshakes_by_address.get(address, 0) + 1
             metrics.HANDSHAKES_IN_PROGRESS.inc()
             try:
-                await loop.connect_accepted_socket(functools.partial(self._tls_for, address), conn)
+                await loop.connect_accepted_socket(
+                    functools.partial(self._tls_for, address, client_cert_optional), conn
+                )
             except OSError as exc:  # the socket died between accept and here
                 conn.close()
                 self._handshake_failed(address, exc)
@@ -172,11 +182,12 @@ class ProxyServer:
             self._handshakes_by_address.pop(address, None)
         self._slot_free.set()
 
-    def _tls_for(self, address: str) -> TlsServerConnection:
+    def _tls_for(self, address: str, client_cert_optional: bool = False) -> TlsServerConnection:
         """TLS with the context current at accept time: a reload applies to every new connection."""
         state = self.state
+        context = state.ssl_context_optional if client_cert_optional else state.ssl_context
         return TlsServerConnection(
-            state.ssl_context,
+            context or state.ssl_context,
             lambda: Http1Connection(self.ctx),
             state.settings.tls.handshake_timeout,
             lambda tls: self._handshake_done(address, tls),
@@ -199,7 +210,8 @@ class ProxyServer:
         reason = classify_handshake_error(exc)
         metrics.handshake_failed(reason)
         if self._handshake_log.allow(self.loop.time()):
-            log.warning("tls handshake failed: client=%s reason=%s detail=%s", address, reason, exc)
+            log.warning("tls handshake failed: client=%s reason=%s detail=%s%s", address, reason, exc,
+                        handshake_failure_hint(reason))
 
     def _connection_closed(self) -> None:
         self._slot_free.set()
@@ -221,7 +233,8 @@ class ProxyServer:
         while True:
             self._reload_again = False
             try:
-                new = await self.loop.run_in_executor(None, load_state, self.config_path, time.time())
+                new = await self.loop.run_in_executor(None, load_state, self.config_path, time.time(),
+                                                      self.crl_cache)
             except ConfigError as exc:
                 if self.count_reloads:
                     metrics.reloaded(False)
@@ -253,6 +266,38 @@ class ProxyServer:
         else:
             metrics.publish_state(new)
         log.info("reloaded: generation %d (was %d)", new.generation, old.generation)
+
+    # --- CRLs at URLs -----------------------------------------------------------------------------------------
+    async def refresh_crls(self) -> None:
+        """Every tls.crl_refresh: conditional GET of each CRL URL; a changed CRL rebuilds the state."""
+        while not self._stop.is_set():
+            tls = self.state.settings.tls
+            try:
+                await asyncio.wait_for(self._stop.wait(), tls.crl_refresh)
+                return
+            except TimeoutError:
+                pass
+            if not tls.crl_urls or self.draining:
+                continue
+            for url in tls.crl_urls:
+                try:
+                    await self.loop.run_in_executor(None, self.crl_cache.fetch, url)
+                except CrlFetchError as exc:
+                    metrics.CRL_FETCH_FAILURES.labels(url).inc()
+                    log.error("CRL fetch failed, keeping the CRL held: %s", exc)
+                else:
+                    metrics.CRL_FETCHED.labels(url).set(time.time())
+            held = {url: (c.pem if (c := self.crl_cache.get(url)) else None) for url in tls.crl_urls}
+            if any(pem is not None and pem != self.state.fetched_crls.get(url) for url, pem in held.items()):
+                settings = self.state.settings
+                try:
+                    new = await self.loop.run_in_executor(None, build_state, settings, time.time(), self.crl_cache)
+                except ConfigError as exc:
+                    metrics.CRL_FETCH_FAILURES.labels(",".join(tls.crl_urls)).inc()
+                    log.error("new CRL refused, keeping generation %d: %s", self.state.generation, exc.render())
+                else:
+                    log.info("CRL changed at its URL")
+                    self._apply(new)
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -332,6 +377,7 @@ async def run_server(config_path: str, state: RuntimeState, sockets: list[socket
         log.info("admin on http://%s (/healthz /readyz /metrics)", state.settings.admin.listen)
     server.listen(sockets)
     metrics.publish_state(state)
+    crl_refresher = loop.create_task(server.refresh_crls())
     watcher = None
     if watch if watch is not None else state.settings.reload.watch:
         watcher = loop.create_task(watch_and_reload(
@@ -348,6 +394,7 @@ async def run_server(config_path: str, state: RuntimeState, sockets: list[socket
     try:
         await server.serve_until_stopped()
     finally:
+        crl_refresher.cancel()
         if watcher is not None:
             watcher.cancel()
         if runner is not None:

@@ -111,7 +111,7 @@ class Verifier:
 
     def _check(
         self, headers: Mapping[str, str], request: Callable[[], RequestBinding], remote_addr: str | None
-    ) -> tuple[ClientCert, SignedIdentity | None]:
+    ) -> tuple[ClientCert | None, SignedIdentity | None]:
         if self.conf.trust == "trusted-peers":
             if not self.conf.is_trusted_peer(remote_addr):
                 raise IdentityError("untrusted_peer", f"identity headers from {remote_addr or 'unix socket'}")

@@ -178,6 +178,10 @@ class Exchange:
             front.resume_request_body()
             front.send_error(self, Refused(verdict.reason, verdict.status))
             return
+        if front.facts.peer is None and not self.ctx.anonymous_limiter.allow(front.facts.client_ip, time.time()):
+            self.refused = True
+            front.send_error(self, Refused("rate_limited", 429))  # admission: no identity, so per address
+            return
         self.max_body = verdict.max_body
         if self.body_received > self.max_body:
             self.refuse_body(Refused("body_too_large", 413, f"body over {self.max_body} bytes"))
@@ -185,7 +189,7 @@ class Exchange:
         conn_headers, _ = front.identity_for(state)
         identity = state.identity.request_headers(
             conn_headers, method=head.method, target=head.target, host=head.host,
-            content_length=head.content_length, chunked=head.chunked,
+            content_length=head.content_length, chunked=head.chunked, anonymous=front.facts.peer is None,
         )
         self.upstream_request = upstream_head(head, front.facts, identity)
         up = self.ctx.pool.acquire_idle()
@@ -249,6 +253,9 @@ class Exchange:
             return
         up = self.upstream
         if up is not None:
+            # the upstream read timer counts from the end of the request: while the body still flows the
+            # upstream is not late (a slow phone upload must not get 504 upstream_timeout)
+            self.upstream_activity = self.ctx.loop.time()
             if self.head.chunked:
                 up.writelines((chunk_header(n), data, EOL))
             else:
@@ -261,6 +268,7 @@ class Exchange:
 
     def client_body_end(self) -> None:
         self.body_done = True
+        self.upstream_activity = self.ctx.loop.time()
         up = self.upstream
         if up is not None and self.head.chunked and not self.refused:
             up.write(CHUNKED_END)
@@ -516,5 +524,6 @@ class Exchange:
         if up is not None:
             up.close()
         metrics.tunnel_closed(cause)
-        log.info("tunnel closed: cn=%s cause=%s", self.front.facts.peer.common_name, cause)
+        peer = self.front.facts.peer
+        log.info("tunnel closed: cn=%s cause=%s", peer.common_name if peer else "-", cause)
         self.front.tunnel_closed(self, cause)

@@ -23,8 +23,8 @@ def record_exchange(facts: ConnectionFacts, ex: Exchange, reason: str, duration:
     peer = facts.peer
     fields = {
         "client": facts.client_ip.decode(),
-        "cn": peer.common_name,
-        "fp": peer.fingerprint_sha256[:16],
+        "cn": peer.common_name if peer else "-",
+        "fp": peer.fingerprint_sha256[:16] if peer else "-",
         "method": head.method.decode("ascii", "replace") or "-",
         "path": head.target.decode("ascii", "replace")[:1024] or "-",
         "status": ex.resp_status,

@@ -113,15 +113,23 @@ class Http1Connection(asyncio.Protocol):
         client_ip = str(peername[0]).encode() if isinstance(peername, tuple) else b"-"
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if not der:  # CERT_REQUIRED makes this unreachable; fail closed all the same
-            self.transport.abort()  # type: ignore[union-attr]
-            return
-        peer = _verified_peer(ssl_object, der, self.ctx.state)
-        self.facts = ConnectionFacts(peer, getattr(ssl_object, "mtls_sni", None), client_ip)
+        sni = getattr(ssl_object, "mtls_sni", None)
         now = time.time()
-        metrics.client_cert_seen(peer.not_after, now)
-        metrics.CONNECTIONS.inc()
-        self.ctx.opened(self, judge_peer(peer, self.ctx.state, now).valid_until)
+        if not der:
+            # Only a client_auth: optional listener lets a handshake without a certificate through;
+            # on any other, fail closed (CERT_REQUIRED makes this unreachable).
+            if ssl_object is None or ssl_object.context.verify_mode != ssl.CERT_OPTIONAL:
+                self.transport.abort()  # type: ignore[union-attr]
+                return
+            self.facts = ConnectionFacts(None, sni, client_ip)
+            metrics.CONNECTIONS.inc()
+            self.ctx.opened(self, float("inf"))
+        else:
+            peer = _verified_peer(ssl_object, der, self.ctx.state)
+            self.facts = ConnectionFacts(peer, sni, client_ip)
+            metrics.client_cert_seen(peer.not_after, now)
+            metrics.CONNECTIONS.inc()
+            self.ctx.opened(self, judge_peer(peer, self.ctx.state, now).valid_until)
         self._arm("head", self.ctx.state.settings.limits.head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -371,8 +379,11 @@ class Http1Connection(asyncio.Protocol):
     def identity_for(self, state: RuntimeState) -> tuple[tuple[tuple[bytes, bytes], ...], bytes]:
         if self._id_generation != state.generation:
             peer = self.facts.peer
-            self._id_headers = state.identity.connection_headers(peer)
-            self._renew = renew_header(peer, state.settings.identity.renew_window)
+            if peer is None:
+                self._id_headers, self._renew = (), b""
+            else:
+                self._id_headers = state.identity.connection_headers(peer)
+                self._renew = renew_header(peer, state.settings.identity.renew_window)
             self._id_generation = state.generation
         return self._id_headers, self._renew
 
@@ -451,8 +462,9 @@ class Http1Connection(asyncio.Protocol):
             peer = self.facts.peer
             log.info(
                 "denied: cn=%s fp=%s %s %s rule=%s reason=%s",
-                peer.common_name, peer.fingerprint_sha256[:16], head.method.decode("ascii", "replace"),
-                head.target.decode("ascii", "replace")[:200], ex.rule, error.reason,
+                peer.common_name if peer else "-", peer.fingerprint_sha256[:16] if peer else "-",
+                head.method.decode("ascii", "replace"), head.target.decode("ascii", "replace")[:200], ex.rule,
+                error.reason,
             )
         self._finish(ex, error.reason)
 
@@ -531,6 +543,8 @@ class Http1Connection(asyncio.Protocol):
 
     # --- re-judging (the registry asks) ---------------------------------------------------------------------------
     def rejudge(self, now: float) -> float:
+        if self.facts.peer is None:
+            return float("inf")  # no certificate: nothing about it can change; every request is judged
         verdict = judge_peer(self.facts.peer, self.ctx.state, now)
         if verdict.reason is None:
             return verdict.valid_until

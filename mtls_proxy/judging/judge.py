@@ -4,7 +4,7 @@ Called when a request is about to be forwarded (not when it is parsed), with the
 and the time current then, for every kind of connection: fresh, keep-alive, resumed,
 pipelined. In order: the head's framing, the target (normalised, and the "both readings"
 rule), Host against SNI and the served names, the certificate's standing
-(:func:`judge_peer`: EKU, CA leaf, trust anchor still configured, chain depth, validity of
+(:func:`judge_peer`: EKU, CA leaf, trust anchor or pin still configured, chain depth, validity of
 leaf and chain, CRL serials of every certificate in the chain, CRL freshness, deny-list),
 the policy rules and the rule's body limit. Pure: no I/O, no asyncio, no clock of its own.
 """
@@ -20,9 +20,11 @@ from mtls_proxy.certs import PeerIdentity
 from mtls_proxy.judging.head import RequestHead, authority_name
 from mtls_proxy.judging.outcomes import OUTCOMES
 from mtls_proxy.paths import AmbiguousPath, normalize_path, split_target
+from mtls_proxy.trust import certificate_refusal
 
 if TYPE_CHECKING:
-    from mtls_proxy.state import RuntimeState
+    from mtls_proxy.policy import Policy
+    from mtls_proxy.state import RuntimeState, TrustFacts
 
 _FAR_FUTURE = dt.datetime.max.replace(tzinfo=dt.UTC)
 _FAR_PAST = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -35,7 +37,7 @@ _TIME_BOUND = frozenset({"cert_not_yet_valid", "cert_expired", "ca_not_yet_valid
 class ConnectionFacts:
     """What the TLS handshake established; fixed for the connection's life."""
 
-    peer: PeerIdentity
+    peer: PeerIdentity | None  # None: no certificate (a client_auth: optional listener)
     sni: str | None = None
     client_ip: bytes = b"-"
 
@@ -99,7 +101,7 @@ def _judge_peer(peer: PeerIdentity, state: RuntimeState, now: float) -> PeerVerd
             ends.append(crl_end)
     valid_from = max(starts, default=_FAR_PAST).timestamp()
     valid_until = min(ends, default=_FAR_FUTURE).timestamp()
-    reason = _standing(peer, state, now)
+    reason = peer_standing(peer, state.trust, state.policy, now)
     if reason in _TIME_BOUND:
         return PeerVerdict(reason, now, now)  # an empty window: never reused, judged afresh each time
     if reason is not None:
@@ -107,14 +109,15 @@ def _judge_peer(peer: PeerIdentity, state: RuntimeState, now: float) -> PeerVerd
     return PeerVerdict(None, valid_from, valid_until)
 
 
-def _standing(peer: PeerIdentity, state: RuntimeState, now: float) -> str | None:
-    trust = state.trust
-    if not peer.has_client_auth_eku:
-        return "client_auth_eku_missing"
-    if peer.is_ca:
-        return "leaf_is_ca"
-    if trust.anchors and peer.anchor_sha256 not in trust.anchors:
-        return "ca_not_trusted"
+def peer_standing(peer: PeerIdentity, trust: TrustFacts, policy: Policy, now: float) -> str | None:
+    """Why the certificate (with its chain) is refused at ``now`` by this trust material and deny-list, or None.
+
+    The one definition of a certificate's standing: :func:`judge_peer` (per request and on
+    re-judging) and ``check --client-cert`` (:mod:`mtls_proxy.diagnose`) both call it.
+    """
+    refusal = certificate_refusal(peer, trust.anchors, trust.pinned)  # EKU, CA leaf, anchor or pin
+    if refusal is not None:
+        return refusal
     if trust.max_chain and len(peer.chain_der) > trust.max_chain:
         return "chain_too_long"
     if (peer.issuer_dn, peer.serial) in trust.revoked:
@@ -122,7 +125,7 @@ def _standing(peer: PeerIdentity, state: RuntimeState, now: float) -> str | None
     for link in peer.chain:
         if (link.issuer_dn, link.serial) in trust.revoked:
             return "ca_revoked"
-    if state.policy.is_denylisted(peer):
+    if policy.is_denylisted(peer):
         return "denylisted"
     if peer.not_before.timestamp() > now:
         return "cert_not_yet_valid"
@@ -179,9 +182,10 @@ def judge(head: RequestHead, conn: ConnectionFacts, state: RuntimeState, now: fl
     if (conn.sni is not None and host_name != conn.sni) or (server_names and host_name not in server_names):
         return _refused("host_sni_mismatch")
     peer = conn.peer
-    standing = judge_peer(peer, state, now)
-    if standing.reason is not None:
-        return _refused(standing.reason)
+    if peer is not None:
+        standing = judge_peer(peer, state, now)
+        if standing.reason is not None:
+            return _refused(standing.reason)
     method = head.method.decode("ascii")
     decision = state.policy.evaluate_rules(peer, method, path)
     # what the upstream routes: decoded, dot-segments kept

@@ -40,6 +40,7 @@ OUTCOMES: dict[str, Outcome] = {
     "too_many_segments": _BAD_REQUEST,
     "request_head_too_large": Outcome(431, True),
     "body_too_large": Outcome(413, True),
+    "client_body_timeout": Outcome(408, True),
     "expectation_failed": Outcome(417, False),
     "http_version_not_supported": Outcome(505, False),
     "unsupported_transfer_coding": Outcome(501, False),
@@ -61,6 +62,9 @@ OUTCOMES: dict[str, Outcome] = {
     "denied_by_rule": _DENIED,
     "client_not_allowed": _DENIED,
     "no_matching_rule": _DENIED,
+    "client_cert_required": _DENIED,
+    # admission after judgment
+    "rate_limited": Outcome(429, False),
 }
 
 

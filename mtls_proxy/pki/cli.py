@@ -27,8 +27,10 @@ from mtls_proxy.pki.store import (
     INIT_KEY_TYPES,
     REVOCATION_REASONS,
     SERVER_MODES,
+    ImportedCa,
     PkiError,
     PkiStore,
+    load_ca_for_import,
     load_private_key,
 )
 
@@ -86,6 +88,13 @@ def add_pki_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     )
     p.add_argument("--org", default=DEFAULT_ORG, help=f"organisation name in every subject (default {DEFAULT_ORG})")
     p.add_argument("--ca-days", type=int, default=DEFAULT_CA_DAYS, help=f"CA validity (default {DEFAULT_CA_DAYS})")
+    p.add_argument("--import-ca", metavar="CERT",
+                   help="use this existing client CA (PEM or DER; the CA first, then its issuers) instead of a new one")
+    p.add_argument("--ca-key", metavar="KEY", help="the private key of --import-ca (PEM; encrypted: the CA passphrase)")
+    p.add_argument("--import-server-ca", metavar="CERT", help="use this existing server CA instead of a new one")
+    p.add_argument("--server-ca-key", metavar="KEY", help="the private key of --import-server-ca (PEM)")
+    p.add_argument("--no-x509-strict", dest="x509_strict", action="store_false",
+                   help="import a client CA that only works with the proxy's tls.x509_strict: false")
     p.add_argument("--issuing-ca", action="store_true",
                    help="also create an issuing intermediate under the client CA (issuing-ca.pem/.key, key "
                    "unencrypted) for the enrollment service, so ca.key can stay offline")
@@ -185,11 +194,28 @@ def _store(args: argparse.Namespace) -> PkiStore:
     return PkiStore(args.pki_dir, passphrase=passphrase)
 
 
+def _imported(args: argparse.Namespace, cert_arg: str, key_arg: str, role: str) -> ImportedCa | None:
+    cert, key = getattr(args, cert_arg), getattr(args, key_arg)
+    flag, key_flag = f"--{cert_arg.replace('_', '-')}", f"--{key_arg.replace('_', '-')}"
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise PkiError(f"{flag} and {key_flag} go together")
+    passphrase = _read_secret(args.ca_passphrase_file, "CA passphrase") if args.ca_passphrase_file else None
+    return load_ca_for_import(cert, key, passphrase=passphrase, role=role, strict=args.x509_strict)
+
+
 def _cmd_init(args: argparse.Namespace, out: TextIO) -> int:
     store = _store(args)
+    client_ca = _imported(args, "import_ca", "ca_key", "client")
+    server_ca = _imported(args, "import_server_ca", "server_ca_key", "server")
     store.init(key_type=args.key_type, server_mode=args.server_mode, org=args.org, ca_days=args.ca_days,
-               issuing_ca=args.issuing_ca, issuing_ca_days=args.issuing_ca_days)
+               import_ca=client_ca, import_server_ca=server_ca, issuing_ca=args.issuing_ca,
+               issuing_ca_days=args.issuing_ca_days)
     out.write(f"initialised PKI in {store.directory} ({args.key_type}, server mode {args.server_mode})\n")
+    for what, imported in (("client CA", client_ca), ("server CA", server_ca)):
+        if imported is not None:
+            out.write(f"  imported {what}: {imported.issued.cert.subject.rfc4514_string()}\n")
     out.write(f"  client CA (proxy client_ca): {store.ca_cert_path}\n")
     if args.issuing_ca:
         _write_issuing_ca(store, out)

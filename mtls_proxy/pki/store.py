@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -33,14 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from mtls_proxy.certs import spki_sha256
+from mtls_proxy.certs import is_self_signed, load_certificates, spki_sha256
 from mtls_proxy.pki import _fs
 from mtls_proxy.pki.pins import ROLE_BACKUP, ROLE_CA, ROLE_LEAF, Pin, PinSet, is_valid_host, spki_sha256_of_key
 from mtls_proxy.pki.pkcs12 import P12_PROFILES, export_pkcs12
 from mtls_proxy.pki.x509 import Issued, PrivateKey, generate_key, issue_ca, issue_client, issue_server, random_serial
+from mtls_proxy.x509_strict import strict_ca_problems
 
 INDEX_FILE = "index.json"
 CA_CERT = "ca.pem"
@@ -372,6 +375,80 @@ def _key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
 
+@dataclass(frozen=True)
+class ImportedCa:
+    """An existing CA brought into a new PKI: its certificate and key, and the issuers above it."""
+
+    issued: Issued
+    issuers: tuple[x509.Certificate, ...] = ()  # up to a self-signed root; empty for a root
+
+    def chain_pem(self) -> bytes:
+        return self.issued.cert_pem() + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.issuers)
+
+
+def load_ca_for_import(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str], *,
+                       passphrase: bytes | None, role: str, strict: bool = True) -> ImportedCa:
+    """Read and validate an existing CA for ``init --import-ca`` (``role`` "client") or ``--import-server-ca``.
+
+    The checks are the proxy's own (``mtls-proxy check``): a CA certificate (basicConstraints
+    CA:TRUE), not expired, its key matching, a chain in CERT (CA first) that ends self-signed;
+    for the client CA also what ``tls.x509_strict: true`` would refuse (unless ``strict`` is false).
+    An encrypted key is decrypted with the PKI's CA passphrase, and stored encrypted with it.
+    """
+    cert_path, key_path = Path(cert_path), Path(key_path)
+    try:
+        certs = load_certificates(cert_path.read_bytes())
+    except FileNotFoundError:
+        raise PkiError(f"{cert_path} is missing") from None
+    except ValueError:
+        raise PkiError(f"{cert_path}: no PEM or DER certificate could be read") from None
+    cert, issuers = certs[0], tuple(certs[1:])
+    subject = cert.subject.rfc4514_string()
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise PkiError(f"{cert_path}: {subject!r} is not a CA certificate (basicConstraints CA:TRUE)")
+    if cert.not_valid_after_utc <= _now():
+        raise PkiError(f"{cert_path}: the CA {subject!r} expired on {_fmt_time(cert.not_valid_after_utc)}")
+    chain = [cert, *issuers]
+    for child, parent in itertools.pairwise(chain):
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature):
+            raise PkiError(f"{cert_path}: {child.subject.rfc4514_string()!r} is not issued by the next certificate"
+                           f" in the file, {parent.subject.rfc4514_string()!r}; give the CA first, then its issuers"
+                           ) from None
+    if not is_self_signed(chain[-1]):
+        raise PkiError(f"{cert_path}: {chain[-1].subject.rfc4514_string()!r} is not self-signed: append its issuers"
+                       " up to the root to the file, so the proxy and the apps can anchor the chain")
+    if role == "client" and strict:
+        for c in chain:
+            for problem in strict_ca_problems(c):
+                raise PkiError(f"{cert_path}: {problem} (import it anyway with --no-x509-strict)")
+    try:
+        raw = key_path.read_bytes()
+    except FileNotFoundError:
+        raise PkiError(f"{key_path} is missing") from None
+    try:
+        key = serialization.load_pem_private_key(raw, password=passphrase)
+    except TypeError:  # not encrypted but a passphrase given, or encrypted and none given
+        try:
+            key = serialization.load_pem_private_key(raw, password=None)
+        except TypeError:
+            raise PkiError(f"{key_path} is encrypted; pass its passphrase with --ca-passphrase-file") from None
+        except ValueError as exc:
+            raise PkiError(f"{key_path}: not a PEM private key ({exc})") from None
+    except ValueError:
+        raise PkiError(f"{key_path}: wrong passphrase, or not a PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise PkiError(f"{key_path}: unsupported key type {type(key).__name__}")
+    if spki_sha256_of_key(key.public_key()) != spki_sha256(cert):
+        raise PkiError(f"{key_path} is not the key of {cert_path} ({subject!r})")
+    return ImportedCa(Issued(cert=cert, key=key), issuers)
+
+
 class PkiStore:
     """A PKI directory. Cheap to construct; every method re-reads the directory.
 
@@ -492,29 +569,33 @@ class PkiStore:
         passphrase: bytes | None = None,
         ca_days: float = DEFAULT_CA_DAYS,
         crl_days: float = DEFAULT_CRL_DAYS,
+        import_ca: ImportedCa | None = None,
+        import_server_ca: ImportedCa | None = None,
         issuing_ca: bool = False,
         issuing_ca_days: float = DEFAULT_ISSUING_CA_DAYS,
     ) -> None:
         """Create the client CA (and the server CA in ``ca`` mode) and an empty CRL.
 
-        ``issuing_ca`` also creates the issuing intermediate (see :meth:`issue_issuing_ca`).
-
-        Refuses an already initialised or non-empty directory: overwriting a CA would
-        orphan every device certificate in the field. The directory itself may already
-        exist when empty (a mounted volume); otherwise it is created (0700), but not its
-        parents.
+        ``import_ca`` / ``import_server_ca`` (from :func:`load_ca_for_import`) bring an existing
+        CA instead of minting one. ``issuing_ca`` also creates the issuing intermediate under the
+        client CA (see :meth:`issue_issuing_ca`). Refuses an already initialised or non-empty
+        directory: overwriting a CA would orphan every device certificate in the field. The
+        directory itself may already exist when empty (a mounted volume); otherwise it is
+        created (0700), and so are missing parent directories (with the usual umask).
         """
         if key_type not in INIT_KEY_TYPES:
             raise PkiError(f"unknown key type {key_type!r}; choose one of {', '.join(INIT_KEY_TYPES)}")
         if server_mode not in SERVER_MODES:
             raise PkiError(f"unknown server mode {server_mode!r}; choose one of {', '.join(SERVER_MODES)}")
+        if import_server_ca is not None and server_mode != "ca":
+            raise PkiError("--import-server-ca needs --server ca (a self-signed server has no server CA)")
         if not org or len(org) > 64:
             raise PkiError("--org must be 1-64 characters (X.520 limit)")
         _positive_days(ca_days, "--ca-days")
         _positive_days(crl_days, "--crl-days")
         if issuing_ca:
             _positive_days(issuing_ca_days, "--issuing-ca-days")
-            if issuing_ca_days > ca_days:
+            if import_ca is None and issuing_ca_days > ca_days:
                 raise PkiError(f"--issuing-ca-days {issuing_ca_days:g} would outlive the client CA "
                                f"(--ca-days {ca_days:g})")
         passphrase = passphrase if passphrase is not None else self._passphrase
@@ -533,12 +614,14 @@ class PkiStore:
             if not os.access(d, os.W_OK | os.X_OK):
                 raise PkiError(f"{d} is not writable")
         else:
-            if not d.parent.is_dir():
-                raise PkiError(f"cannot create {d}: parent directory {d.parent} does not exist")
+            if d.parent.exists() and not d.parent.is_dir():
+                raise PkiError(f"cannot create {d}: {d.parent} is not a directory")
+            d.parent.mkdir(parents=True, exist_ok=True)
             staged.mkdir(d)
         staged.mkdir(self.clients_dir)
 
-        client_ca = issue_ca({"CN": f"{org} device CA", "O": org}, key_type=key_type, days=ca_days)
+        client_ca = import_ca.issued if import_ca else issue_ca({"CN": f"{org} device CA", "O": org},
+                                                                key_type=key_type, days=ca_days)
         now = _now()
         index = Index(
             org=org,
@@ -550,11 +633,13 @@ class PkiStore:
         )
         crl = build_revocation_list(client_ca, (), number=index.crl_number, days=crl_days, now=now)
         staged.add(self.ca_key_path, _key_pem(client_ca.key, passphrase), private=True)
-        staged.add(self.ca_cert_path, client_ca.cert_pem(), private=False)
+        staged.add(self.ca_cert_path, import_ca.chain_pem() if import_ca else client_ca.cert_pem(), private=False)
         if server_mode == "ca":
-            server_ca = issue_ca({"CN": f"{org} server CA", "O": org}, key_type=key_type, days=ca_days)
+            server_ca = import_server_ca.issued if import_server_ca else issue_ca(
+                {"CN": f"{org} server CA", "O": org}, key_type=key_type, days=ca_days)
             staged.add(self.server_ca_key_path, _key_pem(server_ca.key, passphrase), private=True)
-            staged.add(self.server_ca_cert_path, server_ca.cert_pem(), private=False)
+            staged.add(self.server_ca_cert_path,
+                       import_server_ca.chain_pem() if import_server_ca else server_ca.cert_pem(), private=False)
         if issuing_ca:
             self._stage_issuing_ca(staged, client_ca, index.org, index.key_type, issuing_ca_days)
         staged.add(self.crl_path, _pem(crl), private=False)
@@ -578,7 +663,6 @@ class PkiStore:
             if self.issuing_ca_cert_path.exists() and not force:
                 raise PkiError(f"{self.issuing_ca_cert_path} exists; pass --force to replace the issuing CA")
             ca = self._load_issued(self.ca_cert_path, self.ca_key_path, index)
-            self._check_within(ca.cert, days, "issuing CA")
             staged = _fs.StagedWrites()
             issued = self._stage_issuing_ca(staged, ca, index.org, index.key_type, days)
             staged.commit()
@@ -594,6 +678,7 @@ class PkiStore:
 
     def _stage_issuing_ca(self, staged: _fs.StagedWrites, parent: Issued, org: str, key_type: str,
                           days: float) -> Issued:
+        self._check_within(parent.cert, days, "issuing CA")
         issued = issue_ca({"CN": f"{org} device issuing CA", "O": org}, key_type=key_type, days=days,
                           issuer=parent, path_length=0)
         staged.add(self.issuing_ca_key_path, issued.key_pem(), private=True)

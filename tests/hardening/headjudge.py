@@ -132,7 +132,8 @@ class HeadJudge:
                 continue
             signed = self.state.identity.request_headers(
                 identity, method=head.method, target=head.target, host=head.host,
-                content_length=head.content_length, chunked=head.chunked)
+                content_length=head.content_length, chunked=head.chunked,
+            )
             out.exchanges.append(JudgedRequest(head.method, head.target, None,
                                                upstream_head(head, self.facts, signed)))
         return out

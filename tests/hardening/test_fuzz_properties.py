@@ -47,7 +47,8 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 
 KNOWN_KEYS = [
     "listen", "upstream", "tls", "identity", "policy", "limits", "logging", "admin", "reload",
-    "cert", "key", "client_ca", "crl", "min_version", "handshake_timeout", "server_names", "session_tickets",
+    "cert", "key", "client_ca", "client_certs", "x509_strict", "crl", "min_version", "handshake_timeout",
+    "server_names", "session_tickets",
     "headers", "rfc9440", "rfc9440_chain", "signing_key_file", "rules", "deny", "name", "methods", "paths",
     "action", "clients", "max_body_size", "subject", "issuer", "san", "serial", "fingerprint", "spki",
     "dns", "uri", "email", "ip", "CN", "O", "OU", "serials", "fingerprints", "max_head_size", "head_timeout",

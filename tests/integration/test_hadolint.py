@@ -114,7 +114,7 @@ def test_build_context_has_what_the_image_copies_and_no_keys_or_vcs():
     rules = _dockerignore_rules()
     copied = [src for m in re.finditer(r"^COPY\s+(.+)$", DOCKERFILE.read_text(), re.MULTILINE)
               for src in m.group(1).split()[:-1] if not src.startswith("--")]
-    assert copied == ["pyproject.toml", "README.md", "mtls_proxy"]
+    assert copied == ["requirements.lock", "pyproject.toml", "README.md", "mtls_proxy"]
     for src in copied:
         assert in_context(src, rules), f"{src} is COPY'd but excluded by .dockerignore"
     assert in_context("mtls_proxy/proxy.py", rules) and in_context("mtls_proxy/pki/x509.py", rules)

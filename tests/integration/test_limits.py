@@ -297,3 +297,20 @@ def test_a_socket_in_the_handshake_does_not_hold_a_connection_slot(proxies, ctx)
         assert time.monotonic() - started < 1.0
     finally:
         idle.close()
+
+
+def test_a_body_that_stalls_gets_408_and_never_reaches_django_as_complete(proxies, ctx, upstream):
+    from tests.hardening.wire import django_saw, new_marker
+
+    p = proxies.start(limits={"body_timeout": 1})
+    marker = new_marker("stall")
+    with RawConn(p.port, ctx) as c:
+        c.send(f"POST /api/probe/{marker} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n".encode()
+               + b"x" * 10)
+        started = time.monotonic()
+        resp = c.read_response()
+        assert (resp.status, resp.json()) == (408, {"error": "request timeout", "reason": "client_body_timeout"})
+        assert 0.9 <= time.monotonic() - started < 4
+        assert resp.header("connection") == "close"
+        assert c.closed_by_peer(3)
+    assert django_saw(upstream, marker) == []  # the upstream request was reset, never completed

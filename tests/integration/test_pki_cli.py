@@ -416,10 +416,10 @@ def test_init_refusals(tmp_path: Path) -> None:
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
     assert_refused(pki("--dir", tmp_path / "busy", "init"), "not empty")
-    assert_refused(pki("--dir", tmp_path / "a" / "b", "init"), "parent directory")
     (tmp_path / "plain-file").write_text("x")
     assert_refused(pki("--dir", tmp_path / "plain-file", "init"), "not a directory")
     assert_refused(pki("--dir", tmp_path / "plain-file", "list"), "not a directory")
+    assert_refused(pki("--dir", tmp_path / "plain-file" / "pki", "init"), "plain-file is not a directory")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "plain-file"]
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["file"]
 
@@ -461,6 +461,14 @@ def test_unwritable_dir(scratch: Pki, args: list[str]) -> None:
         result = pki("--dir", scratch.dir, *args, cwd=scratch.work, prefix=prefix)
     assert_refused(result, "Permission denied")
     assert tree_digest(scratch.dir) == before
+
+
+def test_init_creates_missing_parents(tmp_path: Path) -> None:
+    d = tmp_path / "a" / "b" / "pki"
+    ok("--dir", d, "init")
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    assert (d / "index.json").is_file() and (d / "ca.pem").is_file()
+    ok("--dir", d, "list")
 
 
 def test_init_in_unwritable_parent(tmp_path: Path) -> None:

@@ -59,6 +59,22 @@ def test_unreachable_upstream_gives_502_upstream_connect_failed(proxies, ctx, tm
             assert resp.header("connection") is None
 
 
+def test_an_upload_slower_than_the_upstream_read_timeout_is_not_cut(proxies, ctx):
+    """The read timeout counts from the end of the request: a phone uploading slowly is not a slow upstream."""
+    import hashlib
+
+    p = proxies.start(limits={"upstream_read_timeout": 1})
+    chunks = [bytes([i]) * 1000 for i in range(6)]
+    with RawConn(p.port, ctx) as c:
+        c.send(b"POST /api/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 6000\r\n\r\n")
+        for piece in chunks:  # 3 s in all, 3x the read timeout
+            c.send(piece)
+            time.sleep(0.5)
+        resp = c.read_response()
+        assert resp.status == 200
+        assert resp.json() == {"sha256": hashlib.sha256(b"".join(chunks)).hexdigest(), "length": 6000}
+
+
 def test_slow_upstream_gives_504_upstream_timeout(proxies, ctx):
     p = proxies.start(limits={"upstream_read_timeout": 1})
     with RawConn(p.port, ctx) as c:

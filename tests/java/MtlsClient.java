@@ -24,22 +24,29 @@ import java.security.cert.CertificateFactory;
 import java.util.Collection;
 
 import javax.net.ssl.HttpsURLConnection;
+import javax.net.ssl.KeyManager;
 import javax.net.ssl.KeyManagerFactory;
 import javax.net.ssl.SSLContext;
+import javax.net.ssl.TrustManager;
 import javax.net.ssl.TrustManagerFactory;
+import javax.net.ssl.X509TrustManager;
 
 public final class MtlsClient {
     private MtlsClient() {}
 
-    static SSLContext buildContext(String p12Path, char[] password, String trustPem)
-            throws IOException, GeneralSecurityException {
+    /** The client key and certificate from the PKCS#12 bundle. */
+    static KeyManager[] keyManagers(String p12Path, char[] password) throws IOException, GeneralSecurityException {
         KeyStore identity = KeyStore.getInstance("PKCS12");
         try (InputStream in = new FileInputStream(p12Path)) {
             identity.load(in, password);
         }
         KeyManagerFactory kmf = KeyManagerFactory.getInstance(KeyManagerFactory.getDefaultAlgorithm());
         kmf.init(identity, password);
+        return kmf.getKeyManagers();
+    }
 
+    /** A trust manager whose only anchors are the certificates in TRUST_PEM. */
+    static X509TrustManager trustManager(String trustPem) throws IOException, GeneralSecurityException {
         KeyStore anchors = KeyStore.getInstance(KeyStore.getDefaultType());
         anchors.load(null, null);
         CertificateFactory cf = CertificateFactory.getInstance("X.509");
@@ -56,9 +63,18 @@ public final class MtlsClient {
         }
         TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
         tmf.init(anchors);
+        for (TrustManager tm : tmf.getTrustManagers()) {
+            if (tm instanceof X509TrustManager) {
+                return (X509TrustManager) tm;
+            }
+        }
+        throw new GeneralSecurityException("no X509TrustManager");
+    }
 
+    static SSLContext buildContext(String p12Path, char[] password, X509TrustManager trust)
+            throws IOException, GeneralSecurityException {
         SSLContext ctx = SSLContext.getInstance("TLS");
-        ctx.init(kmf.getKeyManagers(), tmf.getTrustManagers(), null);
+        ctx.init(keyManagers(p12Path, password), new TrustManager[] {trust}, null);
         return ctx;
     }
 
@@ -69,7 +85,7 @@ public final class MtlsClient {
         }
         int exit;
         try {
-            SSLContext ctx = buildContext(args[1], args[2].toCharArray(), args[3]);
+            SSLContext ctx = buildContext(args[1], args[2].toCharArray(), trustManager(args[3]));
             HttpsURLConnection conn = (HttpsURLConnection) new URL(args[0]).openConnection();
             conn.setSSLSocketFactory(ctx.getSocketFactory());
             conn.setConnectTimeout(10_000);

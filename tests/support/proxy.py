@@ -138,6 +138,13 @@ class ProxyProcess:
         return status, json.loads(body) if body else None
 
 
+def first_port(listen: Any) -> int:
+    """The port of the first listener: ``"host:port"``, a list, or ``{address: ..., client_auth: ...}``."""
+    first = listen[0] if isinstance(listen, list) else listen
+    address = first["address"] if isinstance(first, dict) else first
+    return int(str(address).rsplit(":", 1)[1])
+
+
 class ProxyFactory:
     """Writes a config (base + overrides) and starts proxies; stops them all at teardown."""
 
@@ -160,8 +167,7 @@ class ProxyFactory:
         cfg = config or self.config(**overrides)
         path = self.tmp_path / f"proxy-{len(self.started)}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        port = int(str(cfg["listen"]).rsplit(":", 1)[1])
-        proc = ProxyProcess(path, port)
+        proc = ProxyProcess(path, first_port(cfg["listen"]))
         self.started.append(proc)
         return proc
 

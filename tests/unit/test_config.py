@@ -28,7 +28,7 @@ def test_example_documents_every_setting():
     raw = yaml.safe_load(EXAMPLE.read_text())
     sections = {"tls": TlsSettings, "identity": IdentitySettings, "limits": Limits, "logging": LoggingSettings,
                 "admin": AdminSettings, "reload": ReloadSettings}
-    renamed = {"identity": {"enabled": "headers"}}
+    renamed = {"identity": {"enabled": "headers"}, "tls": {"crl_urls": "crl"}}  # URLs are tls.crl entries
     for section, cls in sections.items():
         for f in dataclasses.fields(cls):
             key = renamed.get(section, {}).get(f.name, f.name)
@@ -98,3 +98,70 @@ def test_bad_path_caps_name_the_key(tmp_path, key, value, message):
     with pytest.raises(ConfigError) as info:
         settings_from_mapping(raw, tmp_path / "x.yaml")
     assert [p.message for p in info.value.problems if p.key_path == f"limits.{key}"] == [message]
+
+
+# --- tls.client_certs and tls.x509_strict ---------------------------------------------------------------------
+
+
+def _tls_config(pki, tmp_path: Path, **tls):
+    raw = {"listen": "127.0.0.1:8443", "upstream": "http://127.0.0.1:8000",
+           "tls": {"cert": str(pki.server_pem), "key": str(pki.server_key), **tls},
+           "policy": {"rules": [{"name": "all", "paths": ["/"], "clients": "any"}]}}
+    return settings_from_mapping(raw, tmp_path / "x.yaml")
+
+
+def _problems(pki, tmp_path: Path, **tls) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        _tls_config(pki, tmp_path, **tls)
+    return [f"{p.key_path}: {p.message}" for p in info.value.problems]
+
+
+def test_client_certs_instead_of_client_ca_pem_or_der(pki, tmp_path):
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from mtls_proxy.pki import x509 as X
+
+    app = X.issue_certificate("app", ekus=None)
+    (tmp_path / "app.der").write_bytes(app.cert.public_bytes(Encoding.DER))
+    (tmp_path / "app.pem").write_bytes(app.cert_pem())
+    s = _tls_config(pki, tmp_path, client_certs=["app.der", "app.pem"])  # relative to the config's directory
+    assert s.tls.client_ca == () and s.tls.client_certs == (tmp_path / "app.der", tmp_path / "app.pem")
+    assert s.tls.x509_strict is True
+    assert tmp_path / "app.der" in s.watched_files()
+
+
+def test_client_ca_or_client_certs_is_required(pki, tmp_path):
+    assert _problems(pki, tmp_path) == [
+        "tls.client_ca: required (a client CA), unless tls.client_certs pins client certificates"]
+    assert _problems(pki, tmp_path, client_certs=[]) == [
+        "tls.client_ca: required (a client CA), unless tls.client_certs pins client certificates"]
+
+
+def test_bad_client_certs(pki, tmp_path):
+    from mtls_proxy.pki import x509 as X
+
+    (tmp_path / "junk.pem").write_text("junk")
+    (tmp_path / "ca.pem").write_bytes(X.issue_ca("pinned CA").cert_pem())
+    (tmp_path / "app.pem").write_bytes(X.issue_certificate("app", ekus=None).cert_pem())
+    problems = _problems(pki, tmp_path, client_certs=["junk.pem", "ca.pem", "missing.pem"], x509_strict="yes")
+    assert problems == [
+        f"tls.client_certs[2]: {tmp_path / 'missing.pem'}: no such file",
+        "tls.x509_strict: expected bool, got str",
+        f"tls.client_certs[0]: {tmp_path / 'junk.pem'}: no certificate could be read (PEM, or DER as keytool "
+        "-exportcert writes)",
+        f"tls.client_certs[1]: {tmp_path / 'ca.pem'}: 'CN=pinned CA' is a CA certificate (basicConstraints "
+        "CA:TRUE): put CAs in tls.client_ca, pin only leaves",
+    ]
+    crl = str(pki.crl("pins-crl.pem", []))
+    assert _problems(pki, tmp_path, client_ca=str(pki.ca_pem), client_certs="app.pem", crl=crl) == [
+        "tls.client_certs: 'CN=app': with tls.crl set, OpenSSL wants a CRL from the issuer of every client "
+        "certificate and none is from 'CN=app' (a self-signed certificate has none): every handshake with it would "
+        "fail (crl_missing); remove tls.crl while certificates are pinned (refuse one with policy.deny or by "
+        "unpinning it)"]
+
+
+def test_a_leaf_as_client_ca_points_at_client_certs(pki, tmp_path):
+    (tmp_path / "leaf.pem").write_bytes(pki.client("cfg-leaf").issued.cert_pem())
+    assert _problems(pki, tmp_path, client_ca="leaf.pem") == [
+        f"tls.client_ca: {tmp_path / 'leaf.pem'}: holds no CA certificate (basicConstraints CA:TRUE); to trust "
+        "exactly this certificate (a self-signed app certificate, say), list it in tls.client_certs instead"]

@@ -236,7 +236,8 @@ def test_judgment_is_pure_and_memo_does_not_change_it(pki, state):
 
 def test_every_outcome_reason_is_reachable_or_a_proxy_failure():
     """The outcome table holds no reason that nothing produces (the parametrised cases above cover them)."""
-    produced_elsewhere = {"request_head_too_large"}  # by the frontend's parser limits
+    # parser limits, the body timer, admission (rate per address)
+    produced_elsewhere = {"request_head_too_large", "client_body_timeout", "rate_limited"}
     covered = {
         "unsupported_transfer_coding", "expectation_failed", "multiple_host", "http_version_not_supported",
         "te_in_http10", "missing_host", "bad_upgrade", "not_origin_form", "control_character", "backslash",
@@ -244,7 +245,7 @@ def test_every_outcome_reason_is_reachable_or_a_proxy_failure():
         "denied_by_rule", "client_not_allowed", "no_matching_rule", "body_too_large", "client_auth_eku_missing",
         "leaf_is_ca", "cert_not_yet_valid", "cert_expired", "ca_not_trusted", "chain_too_long", "revoked",
         "ca_revoked", "ca_expired", "ca_not_yet_valid", "crl_expired", "denylisted", "path_too_long",
-        "too_many_segments",
+        "too_many_segments", "client_cert_required",
     }
     assert set(OUTCOMES) <= covered | produced_elsewhere, set(OUTCOMES) - covered - produced_elsewhere
 
@@ -252,3 +253,39 @@ def test_every_outcome_reason_is_reachable_or_a_proxy_failure():
 def test_anchor_hash_is_the_configured_ca(pki, state):
     assert hashlib.sha256(der(pki.ca.cert)).hexdigest() in state.trust.anchors
     assert isinstance(state.trust, TrustFacts)
+
+
+def test_client_without_a_certificate(state):
+    policy, problems = compile_policy({"rules": [
+        {"name": "enroll", "paths": ["/enroll/"], "clients": "none"},
+        {"name": "both", "paths": ["/renew/"], "clients": ["none", "any"]},
+        {"name": "api", "paths": ["/api/"], "clients": "any"},
+    ]}, "policy", parse_size)
+    assert problems == [] and policy is not None
+    st = dataclasses.replace(state, policy=policy, peer_verdicts={})
+    anonymous = ConnectionFacts(None, "localhost", b"127.0.0.1")
+    assert judge(head(b"/enroll/x"), anonymous, st, NOW).allowed
+    assert judge(head(b"/renew/x"), anonymous, st, NOW).allowed
+    assert reason(head(b"/api/x"), anonymous, st) == "client_cert_required"
+    assert reason(head(b"/other"), anonymous, st) == "no_matching_rule"
+
+
+def test_none_admits_only_clients_without_a_certificate(pki, state):
+    policy, _ = compile_policy({"rules": [{"name": "enroll", "paths": ["/enroll/"], "clients": "none"}]},
+                               "policy", parse_size)
+    st = dataclasses.replace(state, policy=policy, peer_verdicts={})
+    assert reason(head(b"/enroll/x"), facts(device(pki)), st) == "client_not_allowed"
+
+
+def test_pinned_certificate_without_eku_is_judged_like_any_client(state):
+    """The trust checks come from trust.certificate_refusal; deny-list, CRLs and rules apply as usual."""
+    pinned = X.issue_certificate({"CN": "pinned-app"}, ekus=None)  # self-signed, no EKU
+    p = parse_peer(der(pinned.cert))
+    fp = p.fingerprint_sha256
+    assert reason(head(), facts(p), with_trust(state, pinned=frozenset({fp}))) == "allowed"
+    assert reason(head(), facts(p), state) == "client_auth_eku_missing"  # not pinned: no EKU is refused
+    policy, _ = compile_policy({**POLICY, "deny": {"fingerprints": [fp]}}, "policy", parse_size)
+    denied = dataclasses.replace(with_trust(state, pinned=frozenset({fp})), policy=policy, peer_verdicts={})
+    assert reason(head(), facts(p), denied) == "denylisted"
+    revoked = with_trust(state, pinned=frozenset({fp}), revoked=frozenset({(p.issuer_dn, p.serial)}))
+    assert reason(head(), facts(p), revoked) == "revoked"

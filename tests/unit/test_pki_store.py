@@ -128,10 +128,17 @@ def test_init_accepts_existing_empty_dir(tmp_path: Path) -> None:
     assert (tmp_path / "index.json").is_file()
 
 
-def test_init_refuses_missing_parent(tmp_path: Path) -> None:
-    with pytest.raises(PkiError, match="parent directory"):
-        PkiStore(tmp_path / "no" / "such" / "pki").init()
-    assert not (tmp_path / "no").exists()
+def test_init_creates_missing_parents(tmp_path: Path) -> None:
+    store = PkiStore(tmp_path / "no" / "such" / "pki")
+    store.init()
+    assert (tmp_path / "no" / "such" / "pki" / "index.json").is_file()
+    assert (tmp_path / "no" / "such" / "pki").stat().st_mode & 0o777 == 0o700
+
+
+def test_init_refuses_a_parent_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PkiError, match="is not a directory"):
+        PkiStore(tmp_path / "file" / "pki").init()
 
 
 @pytest.mark.parametrize(
