@@ -109,6 +109,9 @@ def w(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) 
         "ANDROID_APPS": [{"package": PACKAGE, "signer_digests": [SIGNER_DIGEST.hex()]}],
         "ANDROID_ROOTS_FILE": str(tmp / "android-roots.pem"), "ANDROID_STATUS_FILE": str(tmp / "status.json"),
         "IOS_APP_IDS": [APP_ID], "IOS_ENVIRONMENT": "production", "IOS_ROOTS_FILE": str(tmp / "ios-roots.pem"),
+        "USER_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication",
+                                        "rest_framework.authentication.SessionAuthentication",
+                                        "rest_framework.authentication.BasicAuthentication"],
     }
     site = start_enrollment_site(tmp, database=database, enrollment=enrollment, signing_key_file=key, users=USERS,
                                  superuser=ADMIN)
@@ -294,6 +297,23 @@ def test_challenge_needs_a_signed_in_user(w: World) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     r = w.site.request("POST", f"{EST}/simpleenroll", android_body(w, os.urandom(32), key), JSON)
     refused(r, 401, "authentication_required")
+
+
+def test_a_drf_token_signs_the_user_in_and_the_client_certificate_never_does(w: World) -> None:
+    user = w.user()
+    made = w.site.manage("shell", "--no-imports", "-c",
+                         "from rest_framework.authtoken.models import Token\n"
+                         "from django.contrib.auth import get_user_model\n"
+                         f"print(Token.objects.create(user=get_user_model().objects.get(username={user[0]!r})).key)")
+    assert made.returncode == 0, made.stderr
+    token = [("Authorization", f"Token {made.stdout.strip()}")]
+    r = w.site.request("POST", f"{EST}/challenge", b"", token)
+    assert r.status == 201, r.body
+    refused(w.site.request("POST", f"{EST}/challenge", b"", [("Authorization", "Token " + "0" * 40)]), 401,
+            "authentication_required")
+    # a device certificate is not a user sign-in: the challenge view ignores it
+    cert, _ = enrolled_android(w, w.user())
+    refused(mtls(w, cert, "POST", f"{EST}/challenge", b""), 401, "authentication_required")
 
 
 def test_reused_expired_and_foreign_challenges_are_refused(w: World) -> None:

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -123,6 +124,11 @@ def test_jvm_client_enrolls_renews_and_is_revoked_on_two_proxies(database: str, 
             cfg["listen"] = [{"address": cfg["listen"], "client_auth": "optional"}]
             started.append(proxies.start(cfg))
         first, second = started
+        anonymous = ssl.create_default_context(cafile=str(store.server_ca_cert_path))
+        status, body = first.get_json(anonymous, "/.well-known/est/reenroll-challenge", method="POST")
+        assert (status, body["reason"]) == (403, "client_cert_required")  # renewal needs a certificate
+        status, body = first.get_json(anonymous, "/.well-known/est/challenge", method="POST")
+        assert (status, body["reason"]) == (401, "authentication_required")  # reached Django: a user is needed
         java = Java(java_classes, [f"https://localhost:{first.port}", f"https://localhost:{second.port}",
                                    str(store.server_ca_cert_path), *USER])
         public = serialization.load_der_public_key(base64.b64decode(java.expect("PUBLIC")))

@@ -175,6 +175,8 @@ def new_challenge(user: Any, device: Device | None = None) -> tuple[bytes, dt.da
     raw = secrets.token_bytes(CHALLENGE_BYTES)
     expires = now + conf.challenge_ttl
     with transaction.atomic():
+        # expired challenges are useless: dropped here (by the indexed creation time) so the table stays small
+        Challenge.objects.filter(created_at__lt=now - conf.challenge_ttl - CHALLENGE_WINDOW).delete()
         Challenge.objects.create(digest=_digest(raw), user=user, device=device, created_at=now, expires_at=expires)
         attempt.ok, attempt.reason = True, ""
         attempt.save(update_fields=["ok", "reason"])
