@@ -455,6 +455,27 @@ def test_ios_renewal_needs_an_assertion_with_a_growing_counter(w: World) -> None
     assert renew(2).status == 201
 
 
+def test_ios_renewals_racing_with_the_same_counter_have_one_winner(w: World) -> None:
+    user = w.user()
+    nonce = challenge(w, user)
+    app_key = ec.generate_private_key(ec.SECP256R1())
+    csr = csr_der(ec.generate_private_key(ec.SECP256R1()))
+    obj = w.ios.attestation(app_key.public_key(), client_data_hash(nonce, csr))
+    [cert, *_] = pkcs7_certs(enroll(w, user, json.dumps({
+        "platform": "ios", "challenge": b64(nonce), "csr": b64(csr), "attestation": b64(obj),
+        "key_id": b64(key_id_of(app_key.public_key()))}).encode()))
+    bodies = []
+    for _ in range(4):
+        nonce = renewal_challenge(w, cert)
+        new_csr = csr_der(ec.generate_private_key(ec.SECP256R1()))
+        proof = assertion(app_key, client_data_hash(nonce, new_csr), counter=1)
+        bodies.append(json.dumps({"challenge": b64(nonce), "csr": b64(new_csr), "assertion": b64(proof)}).encode())
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda b: mtls(w, cert, "POST", f"{EST}/simplereenroll", b), bodies))
+    assert sorted(r.status for r in results) == [201, 403, 403, 403]
+    assert {r.json()["reason"] for r in results if r.status == 403} == {"counter_not_increasing"}
+
+
 def test_renewal_of_unknown_revoked_and_uncertified_callers(w: World) -> None:
     user = w.user()
     refused(w.site.request("POST", f"{EST}/reenroll-challenge", b"", JSON), 401, "certificate_required")
