@@ -12,4 +12,5 @@ loglevel = "warning"
 
 
 def post_worker_init(worker: Any) -> None:
-    print(f"WORKER {os.getpid()}", flush=True)
+    # one write(2) per line: the workers share the pipe, and print() may write the newline apart
+    os.write(1, f"WORKER {os.getpid()}\n".encode())
