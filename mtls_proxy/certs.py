@@ -40,6 +40,14 @@ def name_attributes(name: x509.Name) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
+def is_ca(cert: x509.Certificate) -> bool:
+    """basicConstraints CA:TRUE (no extension: not a CA)."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
 def spki_sha256(cert: x509.Certificate) -> str:
     """base64(SHA-256(DER SubjectPublicKeyInfo)): the pin format of Android, OkHttp, iOS, HPKP."""
     spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -170,10 +178,7 @@ def parse_peer(der: bytes, chain_der: tuple[bytes, ...] = ()) -> PeerIdentity:
         client_auth, has_eku = ExtendedKeyUsageOID.CLIENT_AUTH in eku, True
     except x509.ExtensionNotFound:
         client_auth = has_eku = False
-    try:
-        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
+    ca = is_ca(cert)
     return PeerIdentity(
         der=der,
         subject=name_attributes(cert.subject),
@@ -191,7 +196,7 @@ def parse_peer(der: bytes, chain_der: tuple[bytes, ...] = ()) -> PeerIdentity:
         san_ip=ip,
         has_client_auth_eku=client_auth,
         has_eku=has_eku,
-        is_ca=is_ca,
+        is_ca=ca,
         chain_der=chain_der,
         anchor_sha256=hashlib.sha256(chain_der[-1] if chain_der else der).hexdigest(),
         chain=tuple(_chain_link(d) for d in chain_der),

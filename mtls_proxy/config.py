@@ -21,7 +21,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mtls_proxy.certs import load_certificates
+from mtls_proxy.certs import is_ca, load_certificates
 from mtls_proxy.errors import ConfigError, ConfigProblem
 from mtls_proxy.paths import MAX_PATH_LENGTH, MAX_PATH_SEGMENTS
 from mtls_proxy.policy import Policy, compile_policy
@@ -328,12 +328,6 @@ def _load_pem_certs(loader: _Loader, path: Path, key_path: str) -> list[x509.Cer
     return certs
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
 
 def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509.Certificate]]:
     d = loader.mapping(
@@ -383,7 +377,7 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
     for i, ca in enumerate(cas):
         kp = f"tls.client_ca[{i}]" if isinstance(d.get("client_ca"), list) else "tls.client_ca"
         in_file = _load_pem_certs(loader, ca, kp)
-        found = [c for c in in_file if _is_ca(c)]
+        found = [c for c in in_file if is_ca(c)]
         if not found:
             loader.problem(kp, f"{ca}: holds no CA certificate (basicConstraints CA:TRUE)" + (
                 "; to trust exactly this certificate (a self-signed app certificate, say), list it in"

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from mtls_proxy.certs import PeerIdentity
+from mtls_proxy.certs import PeerIdentity, is_ca
 
 
 def fingerprint_sha256(cert: x509.Certificate) -> str:
@@ -38,11 +38,8 @@ def pin_refusal(cert: x509.Certificate) -> str | None:
     """
     if cert.version != x509.Version.v3:
         return "is an X.509 v1 certificate, which OpenSSL treats as a CA when self-signed; pin a v3 certificate"
-    try:
-        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return "is a CA certificate (basicConstraints CA:TRUE): put CAs in tls.client_ca, pin only leaves"
-    except x509.ExtensionNotFound:
-        pass
+    if is_ca(cert):
+        return "is a CA certificate (basicConstraints CA:TRUE): put CAs in tls.client_ca, pin only leaves"
     try:
         if cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign:
             return "has keyUsage keyCertSign (it could sign other certificates): pin only leaves"

@@ -35,6 +35,7 @@ from mtls_proxy.attestation.chain import checked, load_der_chain, load_pem_chain
 from mtls_proxy.attestation.keydescription import OID, PURPOSE_SIGN, KeyDescription, parse_key_description
 from mtls_proxy.attestation.result import Refusal, Verdict
 from mtls_proxy.attestation.status import REVOKED, StatusList
+from mtls_proxy.certs import is_ca
 
 KEY_DESCRIPTION_OID = x509.ObjectIdentifier(OID)
 HARDWARE_LEVELS = ("TRUSTED_ENVIRONMENT", "STRONG_BOX")
@@ -91,17 +92,11 @@ def _has_key_description(cert: x509.Certificate) -> bool:
     return True
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
 
 def _check_structure(chain: Sequence[x509.Certificate]) -> None:
     for index, cert in enumerate(chain[1:], start=1):
         if _has_key_description(cert):
-            if _is_ca(cert):
+            if is_ca(cert):
                 raise Refusal(R.EXTENSION_IN_INTERMEDIATE, f"certificate {index} is a CA and carries the attestation "
                               "extension: only the leaf may")
             raise Refusal(R.CERTIFICATE_AFTER_LEAF, f"certificate {index} carries the attestation extension: the "

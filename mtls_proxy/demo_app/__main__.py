@@ -74,7 +74,7 @@ def _serve_gunicorn(args: argparse.Namespace) -> int:
         print("READY", flush=True)
 
     def post_worker_init(worker: Any) -> None:
-        print(f"WORKER {os.getpid()}", flush=True)
+        os.write(1, f"WORKER {os.getpid()}\n".encode())  # one write: workers share the pipe
 
     options = {
         "bind": [f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"],

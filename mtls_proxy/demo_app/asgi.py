@@ -34,7 +34,7 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
-            print(f"WORKER {os.getpid()}", flush=True)
+            os.write(1, f"WORKER {os.getpid()}\n".encode())  # one write: workers share the pipe
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})

@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from mtls_proxy.certs import is_self_signed, load_certificates, spki_sha256
+from mtls_proxy.certs import is_ca, is_self_signed, load_certificates, spki_sha256
 from mtls_proxy.pki import _fs
 from mtls_proxy.pki.pins import ROLE_BACKUP, ROLE_CA, ROLE_LEAF, Pin, PinSet, is_valid_host, spki_sha256_of_key
 from mtls_proxy.pki.pkcs12 import P12_PROFILES, export_pkcs12
@@ -404,11 +404,7 @@ def load_ca_for_import(cert_path: str | os.PathLike[str], key_path: str | os.Pat
         raise PkiError(f"{cert_path}: no PEM or DER certificate could be read") from None
     cert, issuers = certs[0], tuple(certs[1:])
     subject = cert.subject.rfc4514_string()
-    try:
-        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    if not is_ca:
+    if not is_ca(cert):
         raise PkiError(f"{cert_path}: {subject!r} is not a CA certificate (basicConstraints CA:TRUE)")
     if cert.not_valid_after_utc <= _now():
         raise PkiError(f"{cert_path}: the CA {subject!r} expired on {_fmt_time(cert.not_valid_after_utc)}")

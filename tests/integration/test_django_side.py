@@ -31,15 +31,6 @@ Headers = Sequence[tuple[bytes, bytes]] | Sequence[tuple[str, str]]
 
 
 @pytest.fixture(scope="module")
-def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
-    path = tmp_path_factory.mktemp("key") / "identity.key"
-    key = generate_signing_key()
-    path.write_text(key + "\n")
-    os.chmod(path, 0o600)
-    return path, key.encode()
-
-
-@pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory, signing_key: tuple[Path, bytes]) -> Iterator[DemoUpstream]:
     handle = start_demo_upstream(tmp_path_factory.mktemp("signed"), uds=True, signing_key_file=signing_key[0])
     yield handle

@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from mtls_proxy.certs import PeerIdentity, parse_peer
-from mtls_proxy.identity import IdentityEncoder, IdentityOptions, generate_signing_key
+from mtls_proxy.identity import IdentityEncoder, IdentityOptions
 from mtls_proxy.pki.x509 import issue_ca, issue_client
 from tests.support.postgres import PostgresServer, start_postgres
 from tests.support.redis import RedisServer, start_redis
@@ -33,15 +33,6 @@ pytestmark = pytest.mark.timeout(300)
 
 SERVERS = [("gunicorn", 4), ("uvicorn", 2)]
 STORES = ["sqlite", "postgresql", "redis"]
-
-
-@pytest.fixture(scope="module")
-def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
-    path = tmp_path_factory.mktemp("key") / "identity.key"
-    key = generate_signing_key()
-    path.write_text(key + "\n")
-    os.chmod(path, 0o600)
-    return path, key.encode()
 
 
 @pytest.fixture(scope="module")

@@ -399,3 +399,26 @@ def test_not_after_is_utc() -> None:
     )
     assert cert.not_after == dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
     assert cert.subject_attributes == {"CN": ("x",)}
+
+
+def test_signed_no_certificate_verifies_to_none_and_binds_the_request() -> None:
+    """The proxy's word for a client without a certificate: a signature over empty identity values."""
+    encoder = IdentityEncoder(IdentityOptions(signing_key=KEY))
+    assert encoder.request_headers((), method=b"GET", target=TARGET, host=HOST, content_length=None,
+                                   chunked=False, now=NOW) == ()  # not asked for: nothing
+    headers = as_mapping(encoder.request_headers((), method=b"GET", target=TARGET, host=HOST, content_length=None,
+                                                 chunked=False, now=NOW, anonymous=True))
+    assert list(headers) == ["x-client-cert-signature"] and SIGNATURE_RE.match(headers["x-client-cert-signature"])
+    seen: set[str] = set()
+
+    def seen_nonce(nonce: str, expires_at: float) -> bool:
+        if nonce in seen:
+            return True
+        seen.add(nonce)
+        return False
+
+    assert verify_identity(headers, request=REQ, keys=KEY, now=NOW + 1, seen_nonce=seen_nonce) is None
+    assert reason(headers, seen_nonce=seen_nonce) == "replayed"
+    assert reason(headers, request=RequestBinding(b"POST", TARGET, HOST, b"none")) == "bad_signature"
+    forged = {**headers, "x-client-cert-subject": "CN%3Dadmin"}  # an identity cannot ride on it
+    assert reason(forged) == "bad_signature"
