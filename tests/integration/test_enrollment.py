@@ -607,3 +607,8 @@ def test_settings_without_the_issuing_key_fail_the_system_check(w: World, tmp_pa
     loaded = django_command(env, "check")
     assert loaded.returncode == 1
     assert loaded.stderr.strip().splitlines()[-1] == f"django.core.exceptions.ImproperlyConfigured: {message}"
+
+
+def test_the_migrations_match_the_models(w: World) -> None:
+    done = w.site.manage("makemigrations", "--check", "--dry-run", "mtls_enrollment")
+    assert (done.returncode, done.stdout.strip()) == (0, "No changes detected in app 'mtls_enrollment'"), done.stderr

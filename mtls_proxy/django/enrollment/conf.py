@@ -34,6 +34,7 @@ from mtls_proxy.attestation.roots import (
     load_roots_file,
 )
 from mtls_proxy.attestation.status import StatusList, StatusListError, load_status_file, shipped_status_list
+from mtls_proxy.certs import is_ca
 from mtls_proxy.pki.store import PkiError, load_private_key
 from mtls_proxy.pki.x509 import Issued
 
@@ -193,11 +194,7 @@ def _load_ca(conf: Mapping[str, Any]) -> Issued:
         raise ImproperlyConfigured(f"{_where('ISSUING_CA_KEY_FILE')}: {exc}") from exc
     if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
         raise ImproperlyConfigured(f"{_where('ISSUING_CA_KEY_FILE')}: {key_path} does not belong to {cert_path}")
-    try:
-        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    if not is_ca:
+    if not is_ca(cert):
         raise ImproperlyConfigured(f"{_where('ISSUING_CA_CERT_FILE')}: {cert_path} is not a CA certificate")
     if cert.not_valid_after_utc <= dt.datetime.now(dt.UTC):
         raise ImproperlyConfigured(f"{_where('ISSUING_CA_CERT_FILE')}: {cert_path} expired "

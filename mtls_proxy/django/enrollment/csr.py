@@ -31,7 +31,7 @@ class CheckedCsr:
     spki_der: bytes
 
     @property
-    def spki_sha256(self) -> str:
+    def spki_sha256_hex(self) -> str:
         return hashlib.sha256(self.spki_der).hexdigest()
 
 

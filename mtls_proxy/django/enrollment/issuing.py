@@ -43,10 +43,12 @@ def certs_only(certs: Sequence[x509.Certificate]) -> bytes:
 
 
 def fingerprint(cert: x509.Certificate) -> str:
+    """Lowercase hex SHA-256 of the DER, as ``request.client_cert.fingerprint`` carries it."""
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def spki_sha256(cert: x509.Certificate) -> str:
+def spki_sha256_hex(cert: x509.Certificate) -> str:
+    """Hex (not the base64 pin format of :func:`mtls_proxy.certs.spki_sha256`): compared with a CSR's."""
     spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).hexdigest()
 

@@ -55,7 +55,7 @@ class IssuedCertificate(models.Model):  # type: ignore[misc]
     #: lowercase hex without leading zeros (as ``request.client_cert.serial`` carries it)
     serial = models.CharField(max_length=64, unique=True)
     fingerprint_sha256 = models.CharField(max_length=64)
-    spki_sha256 = models.CharField(max_length=64)
+    spki_sha256 = models.CharField(max_length=64)  # hex (renewal compares it with the CSR key's)
     not_before = models.DateTimeField()
     not_after = models.DateTimeField(db_index=True)
     revoked_at = models.DateTimeField(null=True, blank=True, db_index=True)

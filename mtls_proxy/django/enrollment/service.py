@@ -41,7 +41,7 @@ from mtls_proxy.django.enrollment.issuing import (
     device_certificate,
     fingerprint,
     revocation_list,
-    spki_sha256,
+    spki_sha256_hex,
 )
 from mtls_proxy.django.enrollment.models import (
     DEVICE_ACTIVE,
@@ -248,7 +248,7 @@ def _issue(device: Device, csr: CheckedCsr, conf: EnrollmentSettings, now: dt.da
     cert = device_certificate(conf.issuing_ca, csr.public_key, device.id, validity=conf.cert_validity, now=now)
     IssuedCertificate.objects.create(
         device=device, serial=format(cert.serial_number, "x"), fingerprint_sha256=fingerprint(cert),
-        spki_sha256=spki_sha256(cert), not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+        spki_sha256=spki_sha256_hex(cert), not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
         der=cert.public_bytes(serialization.Encoding.DER),
     )
     return Issuance(device, cert, (conf.issuing_ca.cert, *conf.ca_chain))
@@ -322,7 +322,7 @@ def reenroll(client_cert: ClientCert | None, body: Mapping[str, Any]) -> Issuanc
         csr = check_csr(_b64(body, "csr"))
         _consume_challenge(challenge, user, device, now)
         if device.platform == PLATFORM_ANDROID:
-            if csr.spki_sha256 != current.spki_sha256:  # rekey: the new key must be attested too
+            if csr.spki_sha256_hex != current.spki_sha256:  # rekey: the new key must be attested too
                 facts = _verify_android(body, challenge, csr, conf, now)
         else:
             counter = _verify_assertion(device, body, challenge, csr, conf)
