@@ -68,6 +68,7 @@ class World:
     ios: AppAttestTestRoot
     encoder: IdentityEncoder
     users: Iterator[tuple[str, str]]
+    status_file: Path
 
     def user(self) -> tuple[str, str]:
         return next(self.users)
@@ -116,7 +117,7 @@ def w(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) 
     site = start_enrollment_site(tmp, database=database, enrollment=enrollment, signing_key_file=key, users=USERS,
                                  superuser=ADMIN)
     yield World(site, store, android, revoked_android, ios, IdentityEncoder(IdentityOptions(
-        signing_key=signing_key.encode())), iter(USERS))
+        signing_key=signing_key.encode())), iter(USERS), tmp / "status.json")
     site.stop()
 
 
@@ -297,6 +298,29 @@ def test_challenge_needs_a_signed_in_user(w: World) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     r = w.site.request("POST", f"{EST}/simpleenroll", android_body(w, os.urandom(32), key), JSON)
     refused(r, 401, "authentication_required")
+    assert re.search(r"WARNING mtls_proxy.enrollment POST /.well-known/est/simpleenroll refused: serial=None "
+                     r"reason=authentication_required status=401 detail=", w.site.stderr_text())
+
+
+def test_a_session_sign_in_needs_the_csrf_token(w: World) -> None:
+    session = AdminSession(w.site)
+    session.login(*ADMIN)
+    r = w.site.request("POST", f"{EST}/challenge", b"", session._headers())
+    body = refused(r, 403, "forbidden")
+    assert "CSRF" in body["error"]
+    r = w.site.request("POST", f"{EST}/challenge", b"", session._headers([
+        ("X-CSRFToken", session.cookies["csrftoken"]), ("Origin", f"http://127.0.0.1:{w.site.port}")]))
+    assert r.status == 201, r.body
+
+
+def test_bodies_that_are_not_a_json_object(w: World) -> None:
+    user = w.user()
+    refused(enroll(w, user, b"[]"), 400, "bad_request")
+    refused(enroll(w, user, b"{not json"), 400, "bad_request")
+    refused(enroll(w, user, b'{"platform": "windows"}'), 400, "bad_request")
+    body = refused(enroll(w, user, json.dumps({"platform": "android", "challenge": "%%%", "csr": "AA=="}).encode()),
+                   400, "bad_request")
+    assert body["error"] == "'challenge' is not base64"
 
 
 def test_a_drf_token_signs_the_user_in_and_the_client_certificate_never_does(w: World) -> None:
@@ -374,6 +398,13 @@ def test_revoked_attestation_serial_and_missing_evidence_are_refused(w: World) -
     body = json.loads(android_body(w, challenge(w, user), key))
     del body["attestation_chain"]
     refused(enroll(w, user, json.dumps(body).encode()), 400, "evidence_missing")
+    good = w.status_file.read_bytes()
+    w.status_file.write_text("{broken")  # re-read at each enrollment: an unusable list fails closed
+    try:
+        body = refused(enroll(w, user, android_body(w, challenge(w, user), key)), 503, "status_list_unavailable")
+        assert body["error"].startswith(f"attestation status list: {w.status_file}: not JSON")
+    finally:
+        w.status_file.write_bytes(good)
 
 
 def test_enrollment_rate_limit_is_per_user_and_atomic_across_workers(w: World) -> None:

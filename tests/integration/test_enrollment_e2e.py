@@ -129,6 +129,11 @@ def test_jvm_client_enrolls_renews_and_is_revoked_on_two_proxies(database: str, 
         assert (status, body["reason"]) == (403, "client_cert_required")  # renewal needs a certificate
         status, body = first.get_json(anonymous, "/.well-known/est/challenge", method="POST")
         assert (status, body["reason"]) == (401, "authentication_required")  # reached Django: a user is needed
+        basic = {"Authorization": "Basic " + base64.b64encode(":".join(USER).encode()).decode(),
+                 "Content-Type": "application/json"}
+        status, body = first.get_json(anonymous, "/.well-known/est/simpleenroll", method="POST", headers=basic,
+                                      body=json.dumps({"platform": "ios"}).encode())
+        assert (status, body["reason"]) == (400, "platform_not_enabled")  # this site enrolls Android only
         java = Java(java_classes, [f"https://localhost:{first.port}", f"https://localhost:{second.port}",
                                    str(store.server_ca_cert_path), *USER])
         public = serialization.load_der_public_key(base64.b64decode(java.expect("PUBLIC")))

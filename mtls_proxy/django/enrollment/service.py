@@ -88,13 +88,11 @@ def _b64(body: Mapping[str, Any], key: str, missing: str = E.BAD_REQUEST) -> byt
     value = body.get(key)
     if not isinstance(value, str) or not value:
         raise E.bad_request(f"{key!r}: a base64 string is required", missing)
+    standard = value.replace("-", "+").replace("_", "/")  # URL-safe alphabet, padding optional
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
     except (binascii.Error, ValueError):
-        try:
-            return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-        except (binascii.Error, ValueError):
-            raise E.bad_request(f"{key!r} is not base64") from None
+        raise E.bad_request(f"{key!r} is not base64") from None
 
 
 def _b64_list(body: Mapping[str, Any], key: str) -> list[bytes]:
