@@ -44,7 +44,8 @@ TEMPLATES = [{
 }]
 DATABASES = {"default": json.loads(os.environ.get("MTLS_TEST_DATABASE", '{"ENGINE": "django.db.backends.sqlite3", '
                                                                           '"NAME": ":memory:"}'))}
-MTLS_PROXY = {"SIGNING_KEY_FILE": os.environ.get("MTLS_TEST_SIGNING_KEY_FILE"), "REPLAY_STORE": "database"}
+MTLS_PROXY = {"SIGNING_KEY_FILE": os.environ.get("MTLS_TEST_SIGNING_KEY_FILE"), "REPLAY_STORE": "database",
+              "USER_RESOLVER": "mtls_proxy.django.enrollment.resolvers.enrolled_user"}
 if os.environ.get("MTLS_TEST_ENROLLMENT"):
     MTLS_ENROLLMENT = json.loads(os.environ["MTLS_TEST_ENROLLMENT"])
 

@@ -15,7 +15,8 @@ from rest_framework.response import Response
 @api_view(["GET"])
 def whoami(request: Request) -> Response:
     cert: Any = request.auth
-    return Response({"device": cert.common_name, "serial": cert.serial, "san_uri": list(cert.san_uri)})
+    return Response({"user": request.user.get_username(), "device": cert.common_name, "serial": cert.serial,
+                     "san_uri": list(cert.san_uri)})
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

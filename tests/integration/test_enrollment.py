@@ -507,6 +507,20 @@ def test_ios_renewals_racing_with_the_same_counter_have_one_winner(w: World) -> 
     assert {r.json()["reason"] for r in results if r.status == 403} == {"counter_not_increasing"}
 
 
+def test_the_certificate_signs_in_the_user_who_enrolled_it_until_revoked(w: World) -> None:
+    user = w.user()
+    cert, _ = enrolled_android(w, user)
+    r = mtls(w, cert, "GET", "/api/whoami", b"")
+    assert r.status == 200, r.body
+    assert r.json() == {"user": user[0], "device": device_id(cert), "serial": format(cert.serial_number, "x"),
+                        "san_uri": [f"urn:mtls-proxy:device:{device_id(cert)}"]}
+    stranger = issue_client("not-ours", issue_ca("Some Other CA")).cert
+    assert mtls(w, stranger, "GET", "/api/whoami", b"").status == 401
+    assert w.site.manage("mtls_enroll", "revoke", "--device", device_id(cert)).returncode == 0
+    r = mtls(w, cert, "GET", "/api/whoami", b"")  # Django refuses at once, before any proxy fetches the CRL
+    assert (r.status, r.json()) == (401, {"detail": "client certificate is not mapped to a user"})
+
+
 def test_renewal_of_unknown_revoked_and_uncertified_callers(w: World) -> None:
     user = w.user()
     refused(w.site.request("POST", f"{EST}/reenroll-challenge", b"", JSON), 401, "certificate_required")

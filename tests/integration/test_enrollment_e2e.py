@@ -144,7 +144,7 @@ def test_jvm_client_enrolls_renews_and_is_revoked_on_two_proxies(database: str, 
         device, serial = java.expect("ENROLLED").split()
         status, body = java.expect("WHOAMI").split(" ", 1)
         assert status == "200", body
-        assert json.loads(body) == {"device": device, "serial": serial,
+        assert json.loads(body) == {"user": USER[0], "device": device, "serial": serial,
                                     "san_uri": [f"urn:mtls-proxy:device:{device}"]}
         renewed = java.expect("RENEWED")
         assert renewed != serial

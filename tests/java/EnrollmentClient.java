@@ -13,7 +13,8 @@
 // out: WHOAMI <status> <body>     GET /api/whoami through proxy A with the new certificate
 // out: RENEWED <serial>           reenroll-challenge + simplereenroll over mTLS, same key
 // out: OPEN A <status> / OPEN B <status>   one kept-alive connection to each proxy with the renewed cert
-// in:  WATCH                      then GET /api/whoami on both connections every 100 ms:
+// in:  WATCH                      then GET /healthz on both connections every 100 ms (a plain view: what
+//                                 refuses is the proxy, not Django's enrolled_user resolver):
 // out: REFUSED A|B <status> <body> at the first non-200 of each, then DONE (or TIMEOUT after 20 s)
 //
 // Host names resolve to 127.0.0.1; the server certificate is for localhost. Exit 0 unless an error.
@@ -214,7 +215,7 @@ public final class EnrollmentClient {
                 }
                 String[] r;
                 try {
-                    r = call(renewedClient, new Request.Builder().url(bases[i] + "/api/whoami").build());
+                    r = call(renewedClient, new Request.Builder().url(bases[i] + "/healthz").build());
                 } catch (IOException e) {  // a new handshake refused: the open connection was not used
                     r = new String[] {"TLS", e.toString()};
                 }
