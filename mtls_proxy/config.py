@@ -73,6 +73,8 @@ class TlsSettings:
     client_certs: tuple[Path, ...] = ()
     #: OpenSSL's RFC 5280 profile checks (X509_STRICT); false accepts e.g. leaves without an AKID
     x509_strict: bool = True
+    #: ALPN protocols offered, in the server's order of preference ("h2", "http/1.1")
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,34 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Http2Settings:
+    """HTTP/2 limits (the frontend in mtls_proxy/frontends/h2.py). Each one exceeded: GOAWAY, a log line, a metric."""
+
+    #: SETTINGS_MAX_CONCURRENT_STREAMS; one stream more: GOAWAY PROTOCOL_ERROR (h2 enforces it)
+    max_concurrent_streams: int = 100
+    #: SETTINGS_INITIAL_WINDOW_SIZE: request body bytes a stream may have in flight before they are forwarded
+    initial_window_size: int = 256 * 1024
+    #: the connection-level receive window (all streams together)
+    connection_window_size: int = 4 * 1024 * 1024
+    #: SETTINGS_MAX_HEADER_LIST_SIZE (decoded size, 32 bytes per field included); larger: ENHANCE_YOUR_CALM
+    max_header_list_size: int = 32 * 1024
+    #: SETTINGS_HEADER_TABLE_SIZE: the HPACK dynamic table the client may make us keep
+    header_table_size: int = 4096
+    #: CONTINUATION frames allowed in one header block (the 2024 CONTINUATION flood)
+    max_continuation_frames: int = 16
+    #: RST_STREAM frames from the client (and streams it made us reset) per second (Rapid Reset)
+    max_resets_per_second: int = 100
+    #: SETTINGS frames from the client per second
+    max_settings_per_second: int = 10
+    #: PING frames from the client per second
+    max_pings_per_second: int = 10
+    #: empty DATA frames (no END_STREAM) and PRIORITY frames per second (CVE-2019-9518, -9513)
+    max_empty_frames_per_second: int = 100
+    #: a stream whose response cannot move because the client's window stays closed this long is reset
+    zero_window_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
     format: str = "text"
@@ -150,6 +180,7 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     reload: ReloadSettings = field(default_factory=ReloadSettings)
+    http2: Http2Settings = field(default_factory=Http2Settings)
 
     def watched_files(self) -> tuple[Path, ...]:
         """Every file a reload reads: what ``reload.watch`` watches."""
@@ -160,7 +191,7 @@ class Settings:
         return tuple(files)
 
 
-TOP_LEVEL_KEYS = ("listen", "upstream", "tls", "identity", "policy", "limits", "logging", "admin", "reload")
+TOP_LEVEL_KEYS = ("listen", "upstream", "tls", "identity", "policy", "limits", "logging", "admin", "reload", "http2")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]i?[bB]?|[bB])?\s*$")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -332,7 +363,7 @@ def _load_pem_certs(loader: _Loader, path: Path, key_path: str) -> list[x509.Cer
 def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509.Certificate]]:
     d = loader.mapping(
         raw, "tls", ("cert", "key", "client_ca", "client_certs", "crl", "crl_refresh", "min_version",
-                     "handshake_timeout", "server_names", "session_tickets", "verify_depth", "x509_strict"),
+                     "handshake_timeout", "server_names", "session_tickets", "verify_depth", "x509_strict", "alpn"),
     )
     if raw is None:
         return None, []  # reported once as "tls: required"
@@ -437,6 +468,7 @@ def _check_tls(loader: _Loader, raw: Any) -> tuple[TlsSettings | None, list[x509
             verify_depth=_verify_depth(loader, d),
             client_certs=pinned_files,
             x509_strict=strict,
+            alpn=_alpn(loader, d),
         ),
         ca_certs,
     )
@@ -463,6 +495,21 @@ def _verify_depth(loader: _Loader, d: dict[str, Any]) -> int:
         loader.problem("tls.verify_depth", f"{depth}: use 1 (leaf issued by the anchor) to 10")
         return 2
     return int(depth)
+
+
+_ALPN_PROTOCOLS = ("h2", "http/1.1")
+
+
+def _alpn(loader: _Loader, d: dict[str, Any]) -> tuple[str, ...]:
+    raw = d.get("alpn", list(TlsSettings.alpn))
+    if isinstance(raw, str):
+        raw = [raw]
+    if (not isinstance(raw, list) or not raw or len(set(raw)) != len(raw)
+            or not all(isinstance(p, str) and p in _ALPN_PROTOCOLS for p in raw)):
+        loader.problem("tls.alpn", f"{raw!r}: expected a non-empty list of distinct protocols among "
+                                   + ", ".join(_ALPN_PROTOCOLS))
+        return TlsSettings.alpn
+    return tuple(raw)
 
 
 def _parse_identity(loader: _Loader, raw: Any) -> IdentitySettings:
@@ -536,6 +583,43 @@ def _parse_limits(loader: _Loader, raw: Any) -> Limits:
     return Limits(**values)
 
 
+_HTTP2_INTS = {  # key -> (lowest, highest) allowed
+    "max_concurrent_streams": (1, 10_000),
+    "max_continuation_frames": (0, 63),  # h2 itself refuses a 65th frame in a header block
+    "max_resets_per_second": (1, 1_000_000),
+    "max_settings_per_second": (1, 1_000_000),
+    "max_pings_per_second": (1, 1_000_000),
+    "max_empty_frames_per_second": (1, 1_000_000),
+}
+_HTTP2_SIZES = {  # key -> (lowest, highest) allowed, RFC 9113 6.5.2 where it sets one
+    "initial_window_size": (65535, 2**31 - 1),
+    "connection_window_size": (65535, 2**31 - 1),
+    "max_header_list_size": (1024, 16 * 1024 * 1024),
+    "header_table_size": (0, 1 << 20),
+}
+
+
+def _parse_http2(loader: _Loader, raw: Any) -> Http2Settings:
+    d = loader.mapping(raw, "http2", (*_HTTP2_INTS, *_HTTP2_SIZES, "zero_window_timeout"))
+    defaults = Http2Settings()
+    values: dict[str, Any] = {}
+    for k, (low, high) in _HTTP2_INTS.items():
+        v = loader.typed(d, k, "http2", int, getattr(defaults, k))
+        if not low <= v <= high:
+            loader.problem(f"http2.{k}", f"{v}: must be between {low} and {high}")
+            v = getattr(defaults, k)
+        values[k] = v
+    for k, (low, high) in _HTTP2_SIZES.items():
+        v = loader.converted(d, k, "http2", parse_size, getattr(defaults, k))
+        if not low <= v <= high:
+            loader.problem(f"http2.{k}", f"{v}: must be between {low} and {high} bytes")
+            v = getattr(defaults, k)
+        values[k] = v
+    values["zero_window_timeout"] = loader.converted(d, "zero_window_timeout", "http2", parse_duration,
+                                                     defaults.zero_window_timeout)
+    return Http2Settings(**values)
+
+
 def _parse_logging(loader: _Loader, raw: Any) -> LoggingSettings:
     d = loader.mapping(raw, "logging", ("level", "format", "access_log"))
     level = str(d.get("level", "info")).lower()
@@ -583,6 +667,7 @@ def settings_from_mapping(raw: Any, source: Path) -> Settings:
     logging_settings = _parse_logging(loader, top.get("logging"))
     admin = _parse_admin(loader, top.get("admin"))
     reload_settings = _parse_reload(loader, top.get("reload"))
+    http2 = _parse_http2(loader, top.get("http2"))
     policy = None
     if "policy" in top:
         policy, problems = compile_policy(top["policy"], "policy", parse_size)
@@ -592,4 +677,5 @@ def settings_from_mapping(raw: Any, source: Path) -> Settings:
     return Settings(
         source=source, listen=listen, upstream=upstream, tls=tls, policy=policy,
         identity=identity, limits=limits, logging=logging_settings, admin=admin, reload=reload_settings,
+        http2=http2,
     )

@@ -32,6 +32,50 @@ class OpenConnection(Protocol):
     def abort(self) -> None: ...
 
 
+class Watched(Protocol):
+    def check_deadline(self, now: float) -> bool:
+        """Act on a passed deadline; True to stay watched."""
+        ...
+
+
+class DeadlineWatch:
+    """One periodic check for the deadlines of many exchanges (the upstream read timeout).
+
+    A timer handle per request costs its creation and cancellation on every request and, until
+    cancelled, keeps the exchange alive; this is a set insertion and removal per request and one
+    wake-up every ``interval`` while anything is watched (timeouts fire up to ``interval`` late).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = 0.1) -> None:
+        self.loop = loop
+        self.interval = interval
+        self._watched: dict[Watched, None] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, item: Watched) -> None:
+        self._watched[item] = None
+        if self._handle is None:
+            self._handle = self.loop.call_later(self.interval, self._tick)
+
+    def discard(self, item: Watched) -> None:
+        self._watched.pop(item, None)
+
+    def _tick(self) -> None:
+        self._handle = None
+        now = self.loop.time()
+        for item in list(self._watched):
+            if not item.check_deadline(now):
+                self._watched.pop(item, None)
+        if self._watched:
+            self._handle = self.loop.call_later(self.interval, self._tick)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._watched.clear()
+
+
 class AddressRateLimiter:
     """A token bucket per client address: ``per_minute`` requests, refilled continuously, burst the same.
 
@@ -63,6 +107,7 @@ class ServerContext:
         self.pool = pool
         self.loop = loop
         self.draining = False
+        self.upstream_watch = DeadlineWatch(loop)
         self.anonymous_limiter = AddressRateLimiter(state.settings.limits.anonymous_requests_per_minute)
         self.connections: set[OpenConnection] = set()
         #: re-judge instants (epoch seconds) -> the connections whose standing may change then
@@ -131,6 +176,7 @@ class ServerContext:
                 self._schedule(conn, conn.rejudge(now))
 
     def close(self) -> None:
+        self.upstream_watch.close()
         for handle in self._handles.values():
             handle.cancel()
         self._handles.clear()

@@ -71,7 +71,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, unquote
 
 if TYPE_CHECKING:
@@ -238,8 +238,7 @@ def body_framing(content_length: int | None, chunked: bool) -> bytes:
     return b"none"
 
 
-@dataclass(frozen=True)
-class RequestBinding:
+class RequestBinding(NamedTuple):
     """The parts of the request the signature covers besides the identity, as wire bytes.
 
     The proxy builds it from what it forwards; the Django side from what the server handed
@@ -254,10 +253,10 @@ class RequestBinding:
 
     def signed_part(self) -> bytes:
         """``METHOD LF TARGET LF HOST LF FRAMING LF``; refuses a component holding CR or LF."""
-        parts = (self.method.upper(), self.target, self.host, self.framing)
-        if any(b"\n" in p or b"\r" in p for p in parts):
+        joined = b"\n".join((self.method.upper(), self.target, self.host, self.framing))
+        if b"\r" in joined or joined.count(b"\n") != 3:  # one pass each instead of eight
             raise IdentityError("malformed", "a signed request component contains CR or LF")
-        return b"".join(p + b"\n" for p in parts)
+        return joined + b"\n"
 
 
 @dataclass(frozen=True)
@@ -318,7 +317,9 @@ class IdentityEncoder:
 
     def __init__(self, options: IdentityOptions) -> None:
         self.options = options
-        self._key = options.signing_key
+        # HMAC state keyed once: hmac.digest(key, msg, "sha256") looks the digest up in OpenSSL 3 on
+        # every call (~5 us, more than the MAC itself); a copy of a keyed template costs ~1 us.
+        self._mac = hmac.new(options.signing_key, digestmod=hashlib.sha256) if options.signing_key else None
         self.key_id = key_id(options.signing_key) if options.signing_key is not None else None
         self._kid = (self.key_id or "").encode("ascii")
 
@@ -368,8 +369,8 @@ class IdentityEncoder:
         body framing (``chunked`` wins over ``content_length``, as in the forwarded head)
         must be exactly what goes upstream: Django recomputes them from what it receives.
         """
-        key = self._key
-        if key is None or not (conn_headers or anonymous):
+        template = self._mac
+        if template is None or not (conn_headers or anonymous):
             return conn_headers
         tail = conn_headers.signed_tail if isinstance(conn_headers, ConnectionHeaders) else _signed_tail(conn_headers)
         request = RequestBinding(method, canonical_target(target), host, body_framing(content_length, chunked))
@@ -377,7 +378,9 @@ class IdentityEncoder:
         n = os.urandom(16).hex().encode("ascii")
         k = self._kid
         message = b"".join((SIGNATURE_CONTEXT, k, b"\n", t, b"\n", n, b"\n", request.signed_part(), tail))
-        mac = hmac.digest(key, message, "sha256")
+        h = template.copy()
+        h.update(message)
+        mac = h.digest()
         sig = b"v2;k=" + k + b";t=" + t + b";n=" + n + b";s=" + base64.urlsafe_b64encode(mac).rstrip(b"=")
         return (*conn_headers, (_SIGNATURE_NAME_B, sig))
 

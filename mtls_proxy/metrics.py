@@ -23,8 +23,8 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 _DAY = 86400.0
 _LIFETIME_BUCKETS = tuple(d * _DAY for d in (1, 3, 7, 14, 30, 60, 90, 180, 365, 730))
 
-REQUESTS = Counter("mtls_proxy_requests", "Requests answered, by method, policy rule and status",
-                   ["method", "rule", "status"])
+REQUESTS = Counter("mtls_proxy_requests", "Requests answered, by method, policy rule, status and protocol",
+                   ["method", "rule", "status", "protocol"])
 REQUEST_SECONDS = Histogram("mtls_proxy_request_duration_seconds", "Request duration (head to last byte)",
                             buckets=_LATENCY_BUCKETS)
 UPSTREAM_SECONDS = Histogram("mtls_proxy_upstream_duration_seconds", "Time to the upstream response head",
@@ -46,6 +46,9 @@ CRL_FETCH_FAILURES = Counter("mtls_proxy_crl_fetch_failures", "Failed fetches of
 CRL_FETCHED = Gauge("mtls_proxy_crl_last_fetch_timestamp_seconds", "Last successful fetch of a CRL URL", ["url"],
                     multiprocess_mode="max")
 TUNNEL_CLOSES = Counter("mtls_proxy_tunnel_closes", "WebSocket tunnels closed, by cause", ["cause"])
+HTTP2_LIMITS = Counter("mtls_proxy_http2_limit_exceeded",
+                       "HTTP/2 connections ended (GOAWAY) or streams reset for exceeding a limit, by limit",
+                       ["limit"])
 REJUDGED = Counter("mtls_proxy_connections_refused_on_rejudge",
                    "Open connections whose client a reload or an expiry made refused, by reason", ["reason"])
 RELOADS = Counter("mtls_proxy_reloads", "Configuration reloads, by result", ["result"])
@@ -62,7 +65,7 @@ CLIENT_CERT_REMAINING = Histogram("mtls_proxy_client_cert_remaining_lifetime_sec
                                   "Remaining lifetime of client certificates, once per connection",
                                   buckets=_LIFETIME_BUCKETS)
 
-_request_children: dict[tuple[bytes, str, int], Counter] = {}
+_request_children: dict[tuple[bytes, str, int, str], Counter] = {}
 _denial_children: dict[str, Counter] = {}
 _failure_children: dict[str, Counter] = {}
 _upstream_children: dict[str, Counter] = {}
@@ -78,12 +81,12 @@ UPSTREAM_KINDS = {
 
 
 def observe_request(method: bytes, rule: str, status: int, seconds: float, upstream_seconds: float,
-                    bytes_in: int, bytes_out: int) -> None:
-    key = (method, rule, status)
+                    bytes_in: int, bytes_out: int, protocol: str) -> None:
+    key = (method, rule, status, protocol)
     child = _request_children.get(key)
     if child is None:
         m = method.decode("ascii", "replace")
-        child = REQUESTS.labels(m if m in _METHODS else "OTHER", rule, str(status))
+        child = REQUESTS.labels(m if m in _METHODS else "OTHER", rule, str(status), protocol)
         _request_children[key] = child
     child.inc()
     REQUEST_SECONDS.observe(seconds)
@@ -120,6 +123,10 @@ def handshake_rejected(reason: str) -> None:
 
 def tunnel_closed(cause: str) -> None:
     TUNNEL_CLOSES.labels(cause).inc()
+
+
+def http2_limit_exceeded(limit: str) -> None:
+    HTTP2_LIMITS.labels(limit).inc()
 
 
 def rejudged_refused(reason: str) -> None:

@@ -27,7 +27,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from mtls_proxy.certs import PeerIdentity
 from mtls_proxy.errors import ConfigProblem
@@ -38,8 +38,9 @@ SUBJECT_ATTRIBUTES = ("CN", "O", "OU", "C", "L", "ST", "emailAddress", "serialNu
 SAN_TYPES = ("dns", "uri", "email", "ip")
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """What the rules say about one request (a tuple: built on every request)."""
+
     allowed: bool
     rule: str
     reason: str

@@ -26,6 +26,7 @@ from mtls_proxy.config import ListenAddress
 from mtls_proxy.context import ServerContext
 from mtls_proxy.crlfetch import CrlCache, CrlFetchError
 from mtls_proxy.errors import ConfigError
+from mtls_proxy.frontends.h2 import H2Connection
 from mtls_proxy.frontends.http1 import Http1Connection
 from mtls_proxy.logs import setup_logging
 from mtls_proxy.state import RuntimeState, build_state, load_state
@@ -70,6 +71,11 @@ class RateLimitedLog:
         if self.suppressed:
             log.warning("%d similar log lines suppressed in the last %.0fs", self.suppressed, self.interval)
             self.suppressed = 0
+
+
+def frontend_for(alpn: str | None, ctx: ServerContext) -> asyncio.Protocol:
+    """The frontend for the protocol ALPN picked: HTTP/2 for "h2", HTTP/1.1 otherwise (no ALPN included)."""
+    return H2Connection(ctx) if alpn == "h2" else Http1Connection(ctx)
 
 
 def bind_listener(address: ListenAddress) -> socket.socket:
@@ -186,15 +192,21 @@ class ProxyServer:
         """TLS with the context current at accept time: a reload applies to every new connection."""
         state = self.state
         context = state.ssl_context_optional if client_cert_optional else state.ssl_context
-        return TlsServerConnection(
+        tls: TlsServerConnection
+
+        def frontend() -> asyncio.Protocol:
+            return frontend_for(tls.get_extra_info("ssl_object").selected_alpn_protocol(), self.ctx)
+
+        tls = TlsServerConnection(
             context or state.ssl_context,
-            lambda: Http1Connection(self.ctx),
+            frontend,
             state.settings.tls.handshake_timeout,
             lambda tls: self._handshake_done(address, tls),
             lambda exc: self._handshake_failed(address, exc),
             self.loop,
             first_byte_timeout=state.settings.limits.first_byte_timeout,
         )
+        return tls
 
     def _handshake_done(self, address: str, tls: TlsServerConnection) -> bool:
         """Admit the connection now, or hold it (handshake done) until an established one closes."""

@@ -73,7 +73,9 @@ def build_server_context(tls: TlsSettings, fetched_crls: Sequence[bytes] = (), *
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN if every else ssl.VERIFY_CRL_CHECK_LEAF
     if tls.x509_strict:  # RFC 5280 profile checks (AKID on issued certificates, SKI on CAs...): x509_strict.py
         ctx.verify_flags |= ssl.VERIFY_X509_STRICT
-    ctx.set_alpn_protocols(["http/1.1"])
+    # RFC 8740 (HTTP/2 over TLS 1.3 forbids post-handshake authentication): the certificate is asked
+    # for in the handshake, never later, whichever protocol ALPN picks.
+    ctx.set_alpn_protocols(list(tls.alpn))
     ctx.sni_callback = _remember_sni
     return ctx
 

@@ -71,11 +71,7 @@ class TlsServerConnection(asyncio.Protocol):
         if self._app is None:
             if self._done:
                 return  # failed handshake (the alert is on its way) or held until admitted
-            if not self._started:
-                self._started = True
-                if self._timer is not None:
-                    self._timer.cancel()
-                self._timer = self._loop.call_at(self._handshake_deadline, self._handshake_timeout)
+            self._started = True  # the first-byte timer, when it fires, re-arms for the handshake's deadline
             self._handshake()
             if self._app is None:
                 return

@@ -203,6 +203,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.owner = None
         self._finished = None
+        # An owner whose client was slow may have paused reading just before its response ended: a pooled
+        # connection reads again, to see the server close it and to hand its next owner the response.
+        self.resume_reading()
 
 
 class UpstreamPool:

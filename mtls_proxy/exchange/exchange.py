@@ -95,7 +95,6 @@ class Exchange:
 
     __slots__ = (
         "_timer",
-        "_watch",
         "body_buffer",
         "body_buffered",
         "body_done",
@@ -159,8 +158,7 @@ class Exchange:
         self.tunnel = False
         self.tunnel_opened_at = 0.0
         self.tunnel_activity = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._watch = False
+        self._timer: asyncio.TimerHandle | None = None  # the tunnel's (idle, lifetime)
 
     # --- its turn: judge, then forward ------------------------------------------------------------------------
     def start(self) -> None:
@@ -225,7 +223,7 @@ class Exchange:
             up.write(CHUNKED_END)
         if self.head.expect_continue and not self.body_done and self.body_received == 0:
             self.front.send_continue(self)
-        self._arm_upstream(self.ctx.state.settings.limits.upstream_read_timeout)
+        self._arm_upstream()
 
     def _flush_body_buffer(self, up: UpstreamConnection) -> None:
         chunks = self.body_buffer
@@ -281,7 +279,7 @@ class Exchange:
         self.upstream = None
         if up is not None:
             up.abort()
-        self._watch = False
+        self.ctx.upstream_watch.discard(self)
         if not self.resp_started and not self.resp_done:
             self.front.send_error(self, error)
         elif not self.resp_done:
@@ -372,7 +370,7 @@ class Exchange:
     def _complete_response(self) -> None:
         up = self.upstream
         self.upstream = None
-        self._watch = False
+        self.ctx.upstream_watch.discard(self)
         if up is not None:
             reusable = (self.upstream_keep_alive and self.body_done and not self.head.is_head
                         and not self.resp_close_delimited and not self.refused)
@@ -404,7 +402,7 @@ class Exchange:
             # Only idempotent methods (RFC 9110 9.2.2): the upstream may have run the request and died
             # before answering, and a POST must not run twice (another worker would take the retry).
             self.upstream = None
-            self._watch = False
+            self.ctx.upstream_watch.discard(self)
             self.ctx.loop.create_task(self._forward(fresh=True))
             return
         error = exc if isinstance(exc, UpstreamError) else UpstreamError(
@@ -416,7 +414,7 @@ class Exchange:
     def _upstream_failed(self, error: UpstreamError) -> None:
         up = self.upstream
         self.upstream = None
-        self._watch = False
+        self.ctx.upstream_watch.discard(self)
         if up is not None:
             up.abort()
         if self.resp_started:
@@ -440,39 +438,37 @@ class Exchange:
         if self.upstream is not None:
             self.upstream.resume_reading()
 
-    # --- the upstream read timer (lazy: re-armed from its own callback) ---------------------------------------
-    def _arm_upstream(self, seconds: float) -> None:
-        self._watch = True
-        if self._timer is None:
-            self._timer = self.ctx.loop.call_later(seconds, self._on_timer)
+    # --- the upstream read timeout: one shared watch (context.DeadlineWatch), no timer handle per request ------
+    def _arm_upstream(self) -> None:
+        self.ctx.upstream_watch.add(self)
 
     def _cancel_timer(self) -> None:
-        self._watch = False
+        self.ctx.upstream_watch.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def check_deadline(self, now: float) -> bool:
+        """Called by the watch: True while the exchange still waits on the upstream."""
+        if self.upstream is None or self.resp_done or self.tunnel:
+            return False
+        idle = now - self.upstream_activity
+        if idle < self.ctx.state.settings.limits.upstream_read_timeout or self.front.is_write_blocked():
+            return True  # still active, or we are the slow side (client backpressure)
+        self._upstream_failed(UpstreamTimeout("upstream read timed out", "upstream_timeout"))
+        return False
 
     def _on_timer(self) -> None:
         self._timer = None
         if self.tunnel:
             self._on_tunnel_timer()
-            return
-        if not self._watch or self.upstream is None or self.resp_done:
-            return
-        timeout = self.ctx.state.settings.limits.upstream_read_timeout
-        idle = self.ctx.loop.time() - self.upstream_activity
-        if idle < timeout or self.front.is_write_blocked():
-            # still active, or we are the slow side (client backpressure): check again later
-            self._arm_upstream(max(timeout - idle, 0.05))
-            return
-        self._upstream_failed(UpstreamTimeout("upstream read timed out", "upstream_timeout"))
 
     # --- the tunnel ---------------------------------------------------------------------------------------------
     def on_upstream_upgraded(self, tail: bytes) -> None:
         up = self.upstream
         assert up is not None
         self.tunnel = True
-        self._watch = False
+        self.ctx.upstream_watch.discard(self)
         now = self.ctx.loop.time()
         self.tunnel_opened_at = self.tunnel_activity = now
         if self._timer is not None:
@@ -524,6 +520,5 @@ class Exchange:
         if up is not None:
             up.close()
         metrics.tunnel_closed(cause)
-        peer = self.front.facts.peer
-        log.info("tunnel closed: cn=%s cause=%s", peer.common_name if peer else "-", cause)
+        log.info("tunnel closed: cn=%s cause=%s", self.front.facts.cn, cause)
         self.front.tunnel_closed(self, cause)

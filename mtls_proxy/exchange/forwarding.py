@@ -24,6 +24,8 @@ STRIPPED_KEYS: frozenset[bytes] = frozenset(
     b"forwarded", b"x-real-ip", b"x-client-ip", b"true-client-ip", b"x-original-url", b"x-rewrite-url",
 })
 _FORWARDED_FAMILY = b"x-forwarded-"
+#: dropped whatever the request says: framing and Expect (re-derived), and every stripped name as spelled
+_ALWAYS_DROPPED = REQUEST_OWNED | STRIPPED_KEYS
 
 
 def is_stripped(name: bytes) -> bool:
@@ -43,10 +45,9 @@ def upstream_head(head: RequestHead, conn: ConnectionFacts, identity: tuple[tupl
     parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
     for name, value in head.headers:
         key = name.lower()
-        if key in REQUEST_OWNED or key in dropped:
+        if key in _ALWAYS_DROPPED or key in dropped or key.startswith(_FORWARDED_FAMILY):
             continue
-        norm = key.replace(b"_", b"-") if b"_" in key else key
-        if norm in STRIPPED_KEYS or norm.startswith(_FORWARDED_FAMILY):
+        if b"_" in key and is_stripped(key):  # the spelling WSGI servers fold into the same META key
             continue
         parts += (name, b": ", value, EOL)
     if head.chunked:

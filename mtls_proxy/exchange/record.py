@@ -17,14 +17,14 @@ def record_exchange(facts: ConnectionFacts, ex: Exchange, reason: str, duration:
     """Count ``ex`` in the request metrics and write its access line (when the access log is on)."""
     head = ex.head
     bytes_in = head.head_size + ex.body_received
-    metrics.observe_request(head.method, ex.rule, ex.resp_status, duration, ex.upstream_time, bytes_in, ex.bytes_out)
+    metrics.observe_request(head.method, ex.rule, ex.resp_status, duration, ex.upstream_time, bytes_in, ex.bytes_out,
+                            protocol)
     if access_log.disabled or not access_log.isEnabledFor(logging.INFO):
         return
-    peer = facts.peer
     fields = {
         "client": facts.client_ip.decode(),
-        "cn": peer.common_name if peer else "-",
-        "fp": peer.fingerprint_sha256[:16] if peer else "-",
+        "cn": facts.cn,
+        "fp": facts.fp16,
         "method": head.method.decode("ascii", "replace") or "-",
         "path": head.target.decode("ascii", "replace")[:1024] or "-",
         "status": ex.resp_status,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections import deque
 from time import perf_counter
@@ -26,12 +25,12 @@ from time import perf_counter
 import httptools
 
 from mtls_proxy import metrics
-from mtls_proxy.certs import PeerIdentity, parse_peer
 from mtls_proxy.context import ServerContext
 from mtls_proxy.errors import BadRequest, HeadTooLarge, ProxyError, UpstreamError
 from mtls_proxy.exchange.exchange import BODY_LENGTH, BODY_NONE, Exchange
 from mtls_proxy.exchange.forwarding import renew_header
 from mtls_proxy.exchange.record import record_exchange
+from mtls_proxy.frontends.peer import connection_facts
 from mtls_proxy.http1 import CHUNKED_END, CONTINUE_100, EOL, HOP_BY_HOP, chunk_header, connection_tokens, error_response
 from mtls_proxy.judging import ConnectionFacts, RequestHead, judge_peer, outcome
 from mtls_proxy.state import RuntimeState
@@ -111,24 +110,19 @@ class Http1Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports do not subclass it
         peername = transport.get_extra_info("peername")
         client_ip = str(peername[0]).encode() if isinstance(peername, tuple) else b"-"
-        ssl_object = transport.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        sni = getattr(ssl_object, "mtls_sni", None)
+        facts = connection_facts(transport, client_ip, self.ctx.state)
+        if facts is None:  # fail closed: no verified certificate where one is required
+            self._broken = True
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        self.facts = facts
+        peer = facts.peer
         now = time.time()
-        if not der:
-            # Only a client_auth: optional listener lets a handshake without a certificate through;
-            # on any other, fail closed (CERT_REQUIRED makes this unreachable).
-            if ssl_object is None or ssl_object.context.verify_mode != ssl.CERT_OPTIONAL:
-                self.transport.abort()  # type: ignore[union-attr]
-                return
-            self.facts = ConnectionFacts(None, sni, client_ip)
-            metrics.CONNECTIONS.inc()
+        metrics.CONNECTIONS.inc()
+        if peer is None:  # a client_auth: optional listener: nothing about it can change with time
             self.ctx.opened(self, float("inf"))
         else:
-            peer = _verified_peer(ssl_object, der, self.ctx.state)
-            self.facts = ConnectionFacts(peer, sni, client_ip)
             metrics.client_cert_seen(peer.not_after, now)
-            metrics.CONNECTIONS.inc()
             self.ctx.opened(self, judge_peer(peer, self.ctx.state, now).valid_until)
         self._arm("head", self.ctx.state.settings.limits.head_timeout)
 
@@ -220,8 +214,11 @@ class Http1Connection(asyncio.Protocol):
                     self._pause(_PAUSE_PIPELINE)
                     return
                 cut = len(data)
-                if data.count(_HEAD_END) > room:
-                    pos = -1
+                # the rest of a Content-Length body cannot hold a head: count terminators after it only
+                # (scanning every uploaded byte cost more than forwarding it)
+                skip = self._body_left()
+                if skip < cut and data.count(_HEAD_END, skip) > room:
+                    pos = skip - 1
                     for _ in range(room):
                         pos = data.find(_HEAD_END, pos + 1)
                     cut = pos + len(_HEAD_END)
@@ -231,6 +228,14 @@ class Http1Connection(asyncio.Protocol):
                 self._resume(_PAUSE_PIPELINE)
         finally:
             self._feeding = False
+
+    def _body_left(self) -> int:
+        """Bytes of the Content-Length body being parsed still to come (0 when in a head or a chunked body)."""
+        p = self._parsing
+        ex = p.exchange if p is not None else None
+        if ex is None or ex.head.content_length is None or ex.head.chunked:
+            return 0
+        return max(ex.head.content_length - ex.body_received, 0)
 
     def _parse(self, data: bytes) -> None:
         head_before = self._parsing if self._parsing is not None and self._parsing.exchange is None else None
@@ -459,12 +464,10 @@ class Http1Connection(asyncio.Protocol):
         ex.resp_started = True
         self._write(data)
         if result.status == 403:
-            peer = self.facts.peer
             log.info(
                 "denied: cn=%s fp=%s %s %s rule=%s reason=%s",
-                peer.common_name if peer else "-", peer.fingerprint_sha256[:16] if peer else "-",
-                head.method.decode("ascii", "replace"), head.target.decode("ascii", "replace")[:200], ex.rule,
-                error.reason,
+                self.facts.cn, self.facts.fp16, head.method.decode("ascii", "replace"),
+                head.target.decode("ascii", "replace")[:200], ex.rule, error.reason,
             )
         self._finish(ex, error.reason)
 
@@ -654,22 +657,6 @@ def _partial_head(p: _Parsing | None) -> RequestHead:
     return RequestHead(b"", p.target if p is not None else b"", "1.1", [], keep_alive=False)
 
 
-def _verified_peer(ssl_object: ssl.SSLObject, der: bytes, state: RuntimeState) -> PeerIdentity:
-    """The peer as verified at the handshake, with its chain (a resumed session's is rebuilt)."""
-    chain: tuple[bytes, ...] = ()
-    get_chain = getattr(ssl_object, "get_verified_chain", None) or getattr(
-        getattr(ssl_object, "_sslobj", None), "get_verified_chain", None
-    )
-    if get_chain is not None:
-        try:
-            chain = tuple(_cert_der(c) for c in get_chain()[1:])
-        except Exception:
-            chain = ()
-    if not chain:  # a resumed session carries no verified chain: rebuild it from the trusted CAs
-        chain = state.rebuilt_chain(der)
-    return parse_peer(der, chain)
-
-
 def _parser_reason(exc: Exception) -> str:
     msg = str(exc).lower()
     if "content-length" in msg and "transfer-encoding" in msg:
@@ -691,10 +678,3 @@ def _parser_reason(exc: Exception) -> str:
     if "method" in msg:
         return "bad_method"
     return "bad_request"
-
-
-def _cert_der(cert: object) -> bytes:
-    public_bytes = getattr(cert, "public_bytes", None)
-    if public_bytes is None:
-        raise TypeError("not a certificate")
-    return bytes(public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote
 
 from mtls_proxy.certs import PeerIdentity
@@ -41,6 +41,16 @@ class ConnectionFacts:
     sni: str | None = None
     client_ip: bytes = b"-"
 
+    @property
+    def cn(self) -> str:
+        """The peer's common name for logs ("-" without a certificate)."""
+        return self.peer.common_name if self.peer is not None else "-"
+
+    @property
+    def fp16(self) -> str:
+        """The first 16 hex digits of the peer certificate's SHA-256, for logs ("-" without one)."""
+        return self.peer.fingerprint_sha256[:16] if self.peer is not None else "-"
+
 
 @dataclass(frozen=True, slots=True)
 class PeerVerdict:
@@ -55,8 +65,9 @@ class PeerVerdict:
         return self.reason is None
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
+    """The decision on one request (a tuple: made on every request, it must be cheap to build)."""
+
     allowed: bool
     reason: str
     rule: str = "-"
@@ -153,7 +164,7 @@ def _framing(head: RequestHead) -> str | None:
         return "expectation_failed"
     if head.host_count > 1:
         return "multiple_host"
-    if head.version not in ("1.1", "1.0"):
+    if head.version not in ("1.1", "1.0", "2"):
         return "http_version_not_supported"
     if head.chunked and head.version == "1.0":
         return "te_in_http10"

@@ -247,3 +247,18 @@ def test_a_thousand_pipelined_requests_in_one_write_are_answered_in_order(proxie
             assert resp.json()["query_string"] == f"i={i}"
         rss_after = proxy.rss_kib()
     assert rss_after - rss_before < 16 * 1024, (rss_before, rss_after)  # bounded: no queue of 1,000
+
+
+def test_requests_pipelined_after_a_body_in_one_write_are_all_answered(proxies, pki):
+    """The queue bound counts heads only after the body: a body followed by 100 requests, max_pipelined 4."""
+    proxy = proxies.start(limits={"max_pipelined": 4})
+    body = b"x" * 5000 + b"\r\n\r\n" * 50  # body bytes that look like head ends are still body
+    data = (b"POST /api/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            + b"".join(request_bytes("GET", f"{ECHO}?i={i}", host="localhost") for i in range(100)))
+    with RawConn(proxy.port, pki.client_context(pki.client("pipeline-after-body")), timeout=30) as conn:
+        conn.send(data)
+        first = conn.read_response()
+        assert (first.status, first.json()["length"]) == (200, len(body))
+        for i in range(100):
+            resp = conn.read_response()
+            assert (resp.status, resp.json()["query_string"]) == (200, f"i={i}")

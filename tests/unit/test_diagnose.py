@@ -20,7 +20,9 @@ from mtls_proxy.diagnose import (
 )
 from mtls_proxy.pki import x509 as X
 
-NOW = dt.datetime.now(dt.UTC)
+# a day after collection: certificates issued later by fixtures (back-dated 5 min) are valid at NOW
+# however long the run before this module took
+NOW = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
 
 
 def settings(tmp_path: Path, pki, **tls):

@@ -25,7 +25,9 @@ from mtls_proxy.state import CrlWindow, RuntimeState, TrustFacts, load_state
 from tests.support.pki import TestPki
 from tests.support.proxy import base_config
 
-NOW = time.time()
+# The judge is given the time: a day after collection, so certificates the fixtures issue later (back-dated
+# 5 min, whenever the suite reaches this module) are valid at NOW however long the run before it took.
+NOW = time.time() + 86400
 DAY = 86400.0
 
 POLICY = {
@@ -36,6 +38,14 @@ POLICY = {
         {"name": "api", "paths": ["/api/"], "clients": "any"},
     ]
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _clock() -> None:
+    """NOW is when this module's tests start, not when it was imported: test certificates are valid from
+    5 minutes before they are issued, and a whole-suite run reaches this module later than that."""
+    global NOW
+    NOW = time.time()
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +82,8 @@ def head(target: bytes = b"/api/x", *, method: bytes = b"GET", version: str = "1
     return RequestHead.collect(method, target, version, hs, upgrade_requested=upgrade)
 
 
-def reason(h: RequestHead, conn: ConnectionFacts, st: RuntimeState, now: float = NOW) -> str:
-    verdict = judge(h, conn, st, now)
+def reason(h: RequestHead, conn: ConnectionFacts, st: RuntimeState, now: float | None = None) -> str:
+    verdict = judge(h, conn, st, NOW if now is None else now)
     assert verdict.reason in OUTCOMES or verdict.allowed, verdict.reason  # every reason has its outcome
     return verdict.reason
 

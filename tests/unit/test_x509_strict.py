@@ -13,7 +13,9 @@ from mtls_proxy.pki import x509 as X
 from mtls_proxy.tls import classify_handshake_error, handshake_failure_hint
 from mtls_proxy.x509_strict import strict_ca_problems, strict_ca_refusals, strict_leaf_refusals
 
-NOW = dt.datetime.now(dt.UTC)
+# a day after collection: certificates issued later by fixtures (back-dated 5 min) are valid at NOW
+# however long the run before this module took
+NOW = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
 
 
 def build(subject: str, *, issuer: X.Issued | None = None, ca: bool, ski: bool = True, akid: bool = True,
