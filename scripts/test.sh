@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real clients the tests use: curl, openssl s_client, the JDK's javac/keytool/java (JSSE client),
-# OkHttp and its okio (Debian's jars in /usr/share/java, for tests/java/OkHttpMtlsClient.java);
+# OkHttp and its okio (Debian's jars in /usr/share/java, for tests/java/OkHttpMtlsClient.java and
+# EnrollmentClient.java, which also uses BouncyCastle);
 # real servers the Django-side replay store tests start: PostgreSQL (initdb/pg_ctl) and Redis.
 missing=()
 command -v curl >/dev/null || missing+=(curl)
@@ -15,6 +16,8 @@ compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql
 command -v redis-server >/dev/null || missing+=(redis-server)
 [ -f /usr/share/java/okhttp.jar ] || missing+=(libokhttp-java)
 [ -f /usr/share/java/okio.jar ] || missing+=(libokio-java)
+# BouncyCastle's PKIX jar (PKCS#10, PKCS#7) for tests/java/EnrollmentClient.java (brings bcprov and bcutil)
+[ -f /usr/share/java/bcpkix.jar ] || missing+=(libbcpkix-java)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing test tools: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

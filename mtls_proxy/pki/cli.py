@@ -21,6 +21,7 @@ from mtls_proxy.pki.store import (
     DEFAULT_CA_DAYS,
     DEFAULT_CLIENT_DAYS,
     DEFAULT_CRL_DAYS,
+    DEFAULT_ISSUING_CA_DAYS,
     DEFAULT_ORG,
     DEFAULT_SERVER_DAYS,
     INIT_KEY_TYPES,
@@ -94,6 +95,17 @@ def add_pki_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     p.add_argument("--server-ca-key", metavar="KEY", help="the private key of --import-server-ca (PEM)")
     p.add_argument("--no-x509-strict", dest="x509_strict", action="store_false",
                    help="import a client CA that only works with the proxy's tls.x509_strict: false")
+    p.add_argument("--issuing-ca", action="store_true",
+                   help="also create an issuing intermediate under the client CA (issuing-ca.pem/.key, key "
+                   "unencrypted) for the enrollment service, so ca.key can stay offline")
+    p.add_argument("--issuing-ca-days", type=int, default=DEFAULT_ISSUING_CA_DAYS,
+                   help=f"issuing CA validity (default {DEFAULT_ISSUING_CA_DAYS})")
+
+    p = sub.add_parser("issuing-ca", parents=[common, unlock],
+                       help="issue (or with --force replace) the issuing intermediate of an existing PKI")
+    p.add_argument("--days", type=int, default=DEFAULT_ISSUING_CA_DAYS,
+                   help=f"validity (default {DEFAULT_ISSUING_CA_DAYS})")
+    p.add_argument("--force", action="store_true", help="replace an existing issuing CA")
 
     p = sub.add_parser("issue-server", parents=[common, unlock], help="issue the server certificate for the proxy")
     p.add_argument("--dns", action="append", default=[], metavar="NAME", help="DNS name (repeatable)")
@@ -198,16 +210,33 @@ def _cmd_init(args: argparse.Namespace, out: TextIO) -> int:
     client_ca = _imported(args, "import_ca", "ca_key", "client")
     server_ca = _imported(args, "import_server_ca", "server_ca_key", "server")
     store.init(key_type=args.key_type, server_mode=args.server_mode, org=args.org, ca_days=args.ca_days,
-               import_ca=client_ca, import_server_ca=server_ca)
+               import_ca=client_ca, import_server_ca=server_ca, issuing_ca=args.issuing_ca,
+               issuing_ca_days=args.issuing_ca_days)
     out.write(f"initialised PKI in {store.directory} ({args.key_type}, server mode {args.server_mode})\n")
     for what, imported in (("client CA", client_ca), ("server CA", server_ca)):
         if imported is not None:
             out.write(f"  imported {what}: {imported.issued.cert.subject.rfc4514_string()}\n")
     out.write(f"  client CA (proxy client_ca): {store.ca_cert_path}\n")
+    if args.issuing_ca:
+        _write_issuing_ca(store, out)
     if args.server_mode == "ca":
         out.write(f"  server CA (app trust anchor): {store.server_ca_cert_path}\n")
     out.write(f"  CRL: {store.crl_path}\n")
     out.write(f"next: {PROG} --dir {store.directory} issue-server --dns api.example.com\n")
+    return EXIT_OK
+
+
+def _write_issuing_ca(store: PkiStore, out: TextIO) -> None:
+    out.write(f"  issuing CA (enrollment service): {store.issuing_ca_cert_path}, key {store.issuing_ca_key_path}\n"
+              f"  keep {store.ca_key_path} offline: the service needs only the issuing CA's key\n")
+
+
+def _cmd_issuing_ca(args: argparse.Namespace, out: TextIO) -> int:
+    store = _store(args)
+    issued = store.issue_issuing_ca(days=args.days, force=args.force)
+    out.write(f"issued issuing CA, serial {issued.cert.serial_number:x}, "
+              f"valid until {issued.cert.not_valid_after_utc:%Y-%m-%d}\n")
+    _write_issuing_ca(store, out)
     return EXIT_OK
 
 
@@ -305,6 +334,7 @@ def _cmd_pins(args: argparse.Namespace, out: TextIO) -> int:
 
 _HANDLERS = {
     "init": _cmd_init,
+    "issuing-ca": _cmd_issuing_ca,
     "issue-server": _cmd_issue_server,
     "issue-client": _cmd_issue_client,
     "revoke": _cmd_revoke,

@@ -4,6 +4,8 @@ Layout of a directory made by :meth:`PkiStore.init` (private files are 0600)::
 
     index.json          what was issued: settings, server record, one record per device cert
     ca.pem, ca.key      client (device) CA: the proxy's ``client_ca``; signs the CRL
+    issuing-ca.pem/.key issuing intermediate under the client CA (``--issuing-ca``): the only CA
+                        key the enrollment service holds, so ca.key can stay offline
     server-ca.pem/.key  server CA (``--server ca`` only): the app's trust anchor
     server.pem/.key     server chain (leaf [+ server CA]) and key for the proxy's listener
     server-backup.key   offline backup key whose pin ships in the app (self-signed mode)
@@ -52,6 +54,8 @@ SERVER_CERT = "server.pem"
 SERVER_KEY = "server.key"
 BACKUP_KEY = "server-backup.key"
 CRL_FILE = "crl.pem"
+ISSUING_CA_CERT = "issuing-ca.pem"
+ISSUING_CA_KEY = "issuing-ca.key"
 CLIENTS_DIR = "clients"
 
 #: Version of the ``index.json`` layout; a newer file is refused rather than misread.
@@ -65,6 +69,8 @@ INIT_KEY_TYPES = ("ec-p256", "rsa-2048", "rsa-3072")
 SERVER_MODES = ("ca", "self-signed")
 
 DEFAULT_CA_DAYS = 3650
+#: The issuing intermediate's key lives on an online service: rotate it far more often than the root.
+DEFAULT_ISSUING_CA_DAYS = 730
 DEFAULT_SERVER_DAYS = 365
 #: Short device validity limits how long an extracted certificate stays useful.
 DEFAULT_CLIENT_DAYS = 90
@@ -490,6 +496,14 @@ class PkiStore:
         return self.directory / CRL_FILE
 
     @property
+    def issuing_ca_cert_path(self) -> Path:
+        return self.directory / ISSUING_CA_CERT
+
+    @property
+    def issuing_ca_key_path(self) -> Path:
+        return self.directory / ISSUING_CA_KEY
+
+    @property
     def clients_dir(self) -> Path:
         return self.directory / CLIENTS_DIR
 
@@ -553,14 +567,17 @@ class PkiStore:
         crl_days: float = DEFAULT_CRL_DAYS,
         import_ca: ImportedCa | None = None,
         import_server_ca: ImportedCa | None = None,
+        issuing_ca: bool = False,
+        issuing_ca_days: float = DEFAULT_ISSUING_CA_DAYS,
     ) -> None:
         """Create the client CA (and the server CA in ``ca`` mode) and an empty CRL.
 
         ``import_ca`` / ``import_server_ca`` (from :func:`load_ca_for_import`) bring an existing
-        CA instead of minting one. Refuses an already initialised or non-empty directory:
-        overwriting a CA would orphan every device certificate in the field. The directory
-        itself may already exist when empty (a mounted volume); otherwise it is created (0700),
-        and so are missing parent directories (with the usual umask).
+        CA instead of minting one. ``issuing_ca`` also creates the issuing intermediate under the
+        client CA (see :meth:`issue_issuing_ca`). Refuses an already initialised or non-empty
+        directory: overwriting a CA would orphan every device certificate in the field. The
+        directory itself may already exist when empty (a mounted volume); otherwise it is
+        created (0700), and so are missing parent directories (with the usual umask).
         """
         if key_type not in INIT_KEY_TYPES:
             raise PkiError(f"unknown key type {key_type!r}; choose one of {', '.join(INIT_KEY_TYPES)}")
@@ -572,6 +589,11 @@ class PkiStore:
             raise PkiError("--org must be 1-64 characters (X.520 limit)")
         _positive_days(ca_days, "--ca-days")
         _positive_days(crl_days, "--crl-days")
+        if issuing_ca:
+            _positive_days(issuing_ca_days, "--issuing-ca-days")
+            if import_ca is None and issuing_ca_days > ca_days:
+                raise PkiError(f"--issuing-ca-days {issuing_ca_days:g} would outlive the client CA "
+                               f"(--ca-days {ca_days:g})")
         passphrase = passphrase if passphrase is not None else self._passphrase
         if passphrase is not None and not passphrase:
             raise PkiError("the CA passphrase is empty")
@@ -614,10 +636,50 @@ class PkiStore:
             staged.add(self.server_ca_key_path, _key_pem(server_ca.key, passphrase), private=True)
             staged.add(self.server_ca_cert_path,
                        import_server_ca.chain_pem() if import_server_ca else server_ca.cert_pem(), private=False)
+        if issuing_ca:
+            self._stage_issuing_ca(staged, client_ca, index.org, index.key_type, issuing_ca_days)
         staged.add(self.crl_path, _pem(crl), private=False)
         staged.add(self.index_path, index.to_bytes(), private=False)
         staged.commit()
         self._passphrase = passphrase
+
+    def issue_issuing_ca(self, *, days: float = DEFAULT_ISSUING_CA_DAYS, force: bool = False) -> Issued:
+        """Issue the issuing intermediate (pathLen 0) under the client CA, e.g. for an existing PKI or to rotate it.
+
+        Its key is written unencrypted (0600) even when the CA keys have a passphrase: the
+        enrollment service loads it unattended, like the proxy's ``server.key``. That is the
+        point of it: the client CA's key signs only this certificate (and its CRL), so it can
+        live offline, and a stolen service key is undone by revoking one intermediate.
+        An existing intermediate is replaced only with ``force`` (certificates it issued stay
+        valid until they expire: keep its old certificate in the proxy's ``client_ca`` bundle).
+        """
+        _positive_days(days, "--days")
+        with self._locked():
+            index = self.index()
+            if self.issuing_ca_cert_path.exists() and not force:
+                raise PkiError(f"{self.issuing_ca_cert_path} exists; pass --force to replace the issuing CA")
+            ca = self._load_issued(self.ca_cert_path, self.ca_key_path, index)
+            staged = _fs.StagedWrites()
+            issued = self._stage_issuing_ca(staged, ca, index.org, index.key_type, days)
+            staged.commit()
+        return issued
+
+    def issuing_ca(self) -> Issued:
+        """The issuing intermediate with its key (what the enrollment service signs with)."""
+        cert = self._load_cert(self.issuing_ca_cert_path)
+        key = load_private_key(self.issuing_ca_key_path)
+        if spki_sha256_of_key(key.public_key()) != spki_sha256(cert):
+            raise PkiError(f"{self.issuing_ca_key_path} does not belong to {self.issuing_ca_cert_path}")
+        return Issued(cert=cert, key=key)
+
+    def _stage_issuing_ca(self, staged: _fs.StagedWrites, parent: Issued, org: str, key_type: str,
+                          days: float) -> Issued:
+        self._check_within(parent.cert, days, "issuing CA")
+        issued = issue_ca({"CN": f"{org} device issuing CA", "O": org}, key_type=key_type, days=days,
+                          issuer=parent, path_length=0)
+        staged.add(self.issuing_ca_key_path, issued.key_pem(), private=True)
+        staged.add(self.issuing_ca_cert_path, issued.cert_pem(), private=False)
+        return issued
 
     def issue_server(
         self,

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 #: Key algorithms ``generate_key`` understands.
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "rsa-1024")
@@ -113,22 +114,57 @@ def issue_certificate(
     to prove that a leaf without clientAuth is refused).
     """
     key = key or generate_key(key_type)
+    cert = certify_public_key(
+        subject, key.public_key(), issuer=issuer, self_signing_key=key, is_ca=is_ca, path_length=path_length,
+        ekus=ekus, dns=dns, ips=ips, uris=uris, emails=emails, not_before=not_before, not_after=not_after,
+        days=days, serial=serial, hash_algorithm=hash_algorithm, permitted_dns=permitted_dns,
+    )
+    return Issued(cert=cert, key=key)
+
+
+def certify_public_key(
+    subject: dict[str, str] | str | x509.Name,
+    public_key: PublicKey,
+    *,
+    issuer: Issued | None,
+    self_signing_key: PrivateKey | None = None,
+    is_ca: bool = False,
+    path_length: int | None = None,
+    ekus: Sequence[x509.ObjectIdentifier] | None = (),
+    dns: Iterable[str] = (),
+    ips: Iterable[str] = (),
+    uris: Iterable[str] = (),
+    emails: Iterable[str] = (),
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    days: float = 365,
+    serial: int | None = None,
+    hash_algorithm: hashes.HashAlgorithm | None = None,
+    permitted_dns: Sequence[str] | None = None,
+) -> x509.Certificate:
+    """The certificate of :func:`issue_certificate` for a public key whose private half is elsewhere.
+
+    The enrollment service certifies keys that never leave a phone's secure hardware (from a
+    CSR); ``self_signing_key`` is only for self-signed certificates (``issuer`` None).
+    """
+    if issuer is None and self_signing_key is None:
+        raise ValueError("a self-signed certificate needs self_signing_key")
     now = dt.datetime.now(dt.UTC)
     not_before = not_before or now - dt.timedelta(minutes=5)
     not_after = not_after or now + dt.timedelta(days=days)
-    name = build_name(subject)
-    signer_key = issuer.key if issuer else key
+    name = subject if isinstance(subject, x509.Name) else build_name(subject)
+    signer_key = issuer.key if issuer else self_signing_key
     issuer_name = issuer.cert.subject if issuer else name
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(issuer_name)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(serial if serial is not None else random_serial())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=path_length if is_ca else None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
     if issuer is not None:
         builder = builder.add_extension(
@@ -151,7 +187,7 @@ def issue_certificate(
                 critical=True,
             )
     else:
-        is_rsa = isinstance(key, rsa.RSAPrivateKey)
+        is_rsa = isinstance(public_key, rsa.RSAPublicKey)
         builder = builder.add_extension(
             x509.KeyUsage(
                 digital_signature=True, content_commitment=False, key_encipherment=is_rsa,
@@ -166,8 +202,7 @@ def issue_certificate(
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     algorithm = hash_algorithm or hashes.SHA256()
-    cert = builder.sign(signer_key, algorithm)  # type: ignore[arg-type]  # narrower stub; bad hashes fail at runtime
-    return Issued(cert=cert, key=key)
+    return builder.sign(signer_key, algorithm)  # type: ignore[arg-type]  # narrower stub; bad hashes fail at runtime
 
 
 def issue_ca(subject: dict[str, str] | str, *, key_type: str = "ec-p256", days: float = 3650,

@@ -591,3 +591,18 @@ def test_jsse_self_signed_server(java_client: Path, ss_pki: Pki) -> None:
         result = run_java(java_client, url + "/", ss_pki.p12("phone-compat"), P12_PASSWORD, ss_pki.dir / "server.pem")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[:2] == ["200", "hello phone-compat"]
+
+
+def test_init_issuing_ca_and_rotation_from_the_command_line(tmp_path: Path) -> None:
+    d = tmp_path / "pki"
+    out = ok("init", "--dir", d, "--issuing-ca", "--issuing-ca-days", "90")
+    assert f"issuing CA (enrollment service): {d / 'issuing-ca.pem'}" in out
+    chain = sh(f"openssl verify -CAfile {d / 'ca.pem'} {d / 'issuing-ca.pem'}")
+    assert chain.endswith(": OK")
+    first = serial_of(d / "issuing-ca.pem")
+    refused = pki("issuing-ca", "--dir", d)
+    assert refused.returncode == 1
+    expected = f"{d / 'issuing-ca.pem'} exists; pass --force to replace the issuing CA"
+    assert refused.stderr == f"mtls-proxy pki: error: {expected}\n"
+    assert "issued issuing CA" in ok("issuing-ca", "--dir", d, "--force", "--days", "30")
+    assert serial_of(d / "issuing-ca.pem") != first

@@ -113,18 +113,22 @@ def key_description_extension(der: bytes) -> x509.UnrecognizedExtension:
 
 
 class AndroidTestRoot:
-    """A root -> intermediate -> attestation-key chain; ``chain()`` adds a leaf for a device key."""
+    """A root -> intermediate -> attestation-key chain; ``chain()`` adds a leaf for a device key.
+
+    ``now``: the time the chain is valid around (the enrollment service verifies at the real time).
+    """
 
     __test__ = False
 
-    def __init__(self, cn: str = "Test Attestation Root") -> None:
+    def __init__(self, cn: str = "Test Attestation Root", *, now: dt.datetime = NOW) -> None:
         self.root_key, self.intermediate_key, self.attestation_key = new_key(), new_key(), new_key()
+        window = {"not_before": now - dt.timedelta(days=30), "not_after": now + dt.timedelta(days=30)}
         self.root = issue(name(cn), self.root_key.public_key(), name(cn), self.root_key, ca=True,
-                          not_after=NOW + dt.timedelta(days=3650))
+                          not_before=window["not_before"], not_after=now + dt.timedelta(days=3650))
         self.intermediate = issue(name("Test Intermediate"), self.intermediate_key.public_key(), self.root.subject,
-                                  self.root_key, ca=True)
+                                  self.root_key, ca=True, **window)
         self.attestation = issue(name("Test TEE attestation key"), self.attestation_key.public_key(),
-                                 self.intermediate.subject, self.intermediate_key, ca=True)
+                                 self.intermediate.subject, self.intermediate_key, ca=True, **window)
 
     def leaf(self, device_key: ec.EllipticCurvePublicKey, spec: KeyDescriptionSpec | None = None, *,
              not_after: dt.datetime = NOW + dt.timedelta(days=30)) -> x509.Certificate:
@@ -170,25 +174,28 @@ class AppAttestTestRoot:
 
     __test__ = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, now: dt.datetime = NOW) -> None:
+        self.now = now
         self.root_key, self.ca_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
         self.root = issue(name("Test App Attestation Root CA"), self.root_key.public_key(),
                           name("Test App Attestation Root CA"), self.root_key, ca=True,
-                          not_after=NOW + dt.timedelta(days=3650))
+                          not_before=now - dt.timedelta(days=30), not_after=now + dt.timedelta(days=3650))
         self.ca = issue(name("Test App Attestation CA 1"), self.ca_key.public_key(), self.root.subject,
-                        self.root_key, ca=True)
+                        self.root_key, ca=True, not_before=now - dt.timedelta(days=30),
+                        not_after=now + dt.timedelta(days=30))
 
     def attestation(self, app_key: ec.EllipticCurvePublicKey, client_data_hash: bytes, *,
                     nonce_ext: x509.UnrecognizedExtension | None = None, include_nonce: bool = True,
-                    key_id: bytes | None = None, cert_not_after: dt.datetime = NOW + dt.timedelta(days=30),
+                    key_id: bytes | None = None, cert_not_after: dt.datetime | None = None,
                     **auth: object) -> bytes:
         """A CBOR attestation object; ``auth`` goes to auth_data (credential_id defaults to the key id)."""
         kid = key_id if key_id is not None else key_id_of(app_key)
         data = auth_data(**{"credential_id": kid, **auth})  # type: ignore[arg-type]
         nonce = hashlib.sha256(data + client_data_hash).digest()
         extensions = [] if not include_nonce else [nonce_ext or nonce_extension(nonce)]
-        cred = issue(name(kid.hex()), app_key, self.ca.subject, self.ca_key, ca=False, not_after=cert_not_after,
-                     extensions=extensions)
+        cred = issue(name(kid.hex()), app_key, self.ca.subject, self.ca_key, ca=False,
+                     not_before=self.now - dt.timedelta(days=30),
+                     not_after=cert_not_after or self.now + dt.timedelta(days=30), extensions=extensions)
         return cbor2.dumps({"fmt": "apple-appattest", "attStmt": {
             "x5c": [cred.public_bytes(serialization.Encoding.DER), self.ca.public_bytes(serialization.Encoding.DER)],
             "receipt": b"not checked offline"}, "authData": data})

@@ -524,3 +524,79 @@ def test_concurrent_issues_do_not_lose_index_updates(store: PkiStore) -> None:
         t.join()
     assert errors == []
     assert sorted(r.name for r in store.records()) == sorted(f"dev-{i}" for i in range(8))
+
+
+# -- issuing intermediate ------------------------------------------------------------------
+
+
+def test_init_with_issuing_ca_writes_an_intermediate_under_the_client_ca(tmp_path: Path) -> None:
+    s = PkiStore(tmp_path / "pki", passphrase=PASSPHRASE)
+    s.init(issuing_ca=True, issuing_ca_days=100)
+    root, issuing = load_cert(s.ca_cert_path), load_cert(s.issuing_ca_cert_path)
+    assert issuing.issuer == root.subject and issuing.subject != root.subject
+    issuing.verify_directly_issued_by(root)
+    constraints = issuing.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert constraints.ca and constraints.path_length == 0
+    usage = issuing.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.key_cert_sign and usage.crl_sign
+    assert dt.timedelta(days=99) < issuing.not_valid_after_utc - issuing.not_valid_before_utc < dt.timedelta(days=101)
+    assert (mode(s.issuing_ca_key_path), mode(s.issuing_ca_cert_path)) == (0o600, 0o644)
+    # the service loads the issuing key unattended; the root key stays encrypted
+    assert b"ENCRYPTED" not in s.issuing_ca_key_path.read_bytes()
+    assert b"ENCRYPTED" in s.ca_key_path.read_bytes()
+    loaded = PkiStore(s.directory).issuing_ca()  # no passphrase needed
+    assert loaded.cert == issuing
+
+
+def test_init_without_issuing_ca_writes_none(store: PkiStore) -> None:
+    assert not store.issuing_ca_cert_path.exists() and not store.issuing_ca_key_path.exists()
+    with pytest.raises(PkiError, match=r"issuing-ca\.pem is missing"):
+        store.issuing_ca()
+
+
+def test_init_refuses_an_issuing_ca_outliving_the_root(tmp_path: Path) -> None:
+    with pytest.raises(PkiError, match="would outlive the client CA"):
+        PkiStore(tmp_path / "pki").init(ca_days=100, issuing_ca=True, issuing_ca_days=200)
+    assert not (tmp_path / "pki").exists()
+
+
+def test_issue_issuing_ca_for_an_existing_pki_and_force_to_rotate(locked_store: PkiStore) -> None:
+    first = locked_store.issue_issuing_ca(days=30)
+    before = tree_digest(locked_store.directory)
+    with pytest.raises(PkiError, match="pass --force"):
+        locked_store.issue_issuing_ca()
+    assert tree_digest(locked_store.directory) == before
+    second = locked_store.issue_issuing_ca(force=True)
+    assert second.cert.serial_number != first.cert.serial_number
+    assert locked_store.issuing_ca().cert == second.cert
+    with pytest.raises(PkiError, match="encrypted; pass the CA passphrase"):
+        PkiStore(locked_store.directory).issue_issuing_ca(force=True)
+
+
+def test_issuing_ca_key_must_match_its_certificate(tmp_path: Path) -> None:
+    s = PkiStore(tmp_path / "pki")
+    s.init(issuing_ca=True)
+    s.issuing_ca_key_path.write_bytes(s.ca_key_path.read_bytes())
+    with pytest.raises(PkiError, match="does not belong to"):
+        s.issuing_ca()
+
+
+def test_openssl_verifies_a_leaf_of_the_issuing_ca_to_the_root_only(tmp_path: Path) -> None:
+    """The proxy trusts ca.pem; the device sends leaf + issuing CA (or the bundle holds both)."""
+    import subprocess
+
+    from mtls_proxy.pki.x509 import issue_client
+
+    s = PkiStore(tmp_path / "pki")
+    s.init(issuing_ca=True)
+    leaf = issue_client("device-1", s.issuing_ca())
+    (tmp_path / "leaf.pem").write_bytes(leaf.cert_pem())
+
+    def verify(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["openssl", "verify", "-purpose", "sslclient", *args, str(tmp_path / "leaf.pem")],
+                              capture_output=True, text=True, timeout=30)
+
+    good = verify("-CAfile", str(s.ca_cert_path), "-untrusted", str(s.issuing_ca_cert_path))
+    assert good.returncode == 0, good.stderr
+    alone = verify("-CAfile", str(s.ca_cert_path))
+    assert alone.returncode != 0 and "unable to get local issuer certificate" in alone.stdout + alone.stderr
