@@ -71,6 +71,8 @@ class Profile:
     retries: int = 2  # redo a measurement during which other jobs used more than max_foreign % of a core
     max_foreign: float = 25.0
     xfer_count: int = 3  # transfers per measurement (one connection, back to back)
+    h2_requests: int = 20000  # small GETs over ONE HTTP/2 connection (curl --parallel, bench/h2curl.py)
+    h2_streams: int = 100  # concurrent streams on it
 
 
 QUICK = Profile(
@@ -84,6 +86,7 @@ QUICK = Profile(
     quiet_wait=0,
     retries=0,
     xfer_count=6,
+    h2_requests=6000,
 )
 FULL = Profile(
     "full", rounds=3, warmup=1.0, duration=4.0, hs_clients=32, xfer_bytes=200_000_000, idle_counts=(1000, 10000)
@@ -257,7 +260,7 @@ http {{
     keepalive_timeout 60s;
   }}
   server {{
-    listen 127.0.0.1:{port} ssl;
+    listen 127.0.0.1:{port} ssl http2;
     ssl_certificate {certs["server_cert"]};
     ssl_certificate_key {certs["server_key"]};
     ssl_client_certificate {certs["ca"]};
@@ -318,6 +321,9 @@ policy:
 limits:
   max_body_size: 1G
   max_connections: 40000
+  # the load generator is one address opening hundreds of connections at once (nginx has no such cap)
+  max_handshakes: 40000
+  max_handshakes_per_address: 40000
   upstream_max_idle: 512
   idle_timeout: 120s
 logging:
@@ -543,6 +549,12 @@ class Bench:
 
     # --- load generator ----------------------------------------------------------------------------------
     def loadgen_cmd(self, t: Target, mode: str, *args: str) -> list[str]:
+        if mode == "h2":  # HTTP/2 with a client certificate: curl's multiplexed --parallel (h2curl.py)
+            return pinned(HARNESS_CPU, [
+                sys.executable, str(BENCH / "h2curl.py"), "--port", str(t.port), "--cert",
+                str(self.certs["client_cert"]), "--key", str(self.certs["client_key"]), "--cacert",
+                str(self.certs["ca"]), *args,
+            ])
         return pinned(
             HARNESS_CPU,
             [
@@ -656,6 +668,10 @@ class Bench:
             label=label,
         )
 
+    def h2(self, t: Target, label: str) -> dict[str, Any]:
+        return self.run(t, "h2", "--requests", str(self.p.h2_requests), "--streams", str(self.p.h2_streams),
+                        label=label)
+
     def handshake(self, t: Target, resume: bool, label: str) -> dict[str, Any]:
         args = ["--conns", str(self.p.hs_clients), "--warmup", str(self.p.warmup), "--duration", str(self.p.duration)]
         if resume:
@@ -741,6 +757,14 @@ class Bench:
                     add(t, f"small_{c}_p99", res["p99_ms"])
                     add(t, f"small_{c}_us_req", 1e6 * res["server_cpu_s"] / max(1, res["completed"]))
                     common(t, f"small_{c}", res)
+
+        for r in range(p.rounds):
+            log(f"round {r + 1}/{p.rounds}: small requests over HTTP/2 ({p.h2_streams} streams, 1 connection)")
+            for t in self.order(r):
+                res = self.h2(t, label="h2 small")
+                add(t, "h2_rps", res["rps"])
+                add(t, "h2_us_req", 1e6 * res["server_cpu_s"] / max(1, res["completed"]))
+                common(t, "h2", res)
 
         peak = {k: max(statistics.median(R[k][f"small_{c}_rps"]) for c in p.small_conns) for k in R}
         fixed_rate = 0.5 * peak["nginx"]
@@ -918,6 +942,7 @@ def report(bench: Bench, med: dict[str, dict[str, float]], env: dict[str, str], 
         row(f"small GET, {c} keep-alive conns: req/s ↑", f"small_{c}_rps")
         row(f"small GET, {c} conns: p50 latency ↓", f"small_{c}_p50", " ms")
         row(f"small GET, {c} conns: p99 latency ↓", f"small_{c}_p99", " ms")
+    row(f"small GET over HTTP/2, {p.h2_streams} streams on 1 conn (curl): req/s ↑", "h2_rps")
     fr = bench.results["fixed_rate"]
     row(f"p99 at 50% of nginx's peak ({fr:,.0f} req/s, {p.fixed_conns} conns) ↓", "fixed_p99", " ms")
     row("  same run: p50 ↓", "fixed_p50", " ms")
@@ -951,6 +976,7 @@ def report(bench: Bench, med: dict[str, dict[str, float]], env: dict[str, str], 
     rows.append(("**proxy CPU time per unit of work** (robust to other jobs on the machine)", "", "", ""))
     for c in p.small_conns:
         row(f"CPU per small request, {c} conns ↓", f"small_{c}_us_req", " µs")
+    row("CPU per small request over HTTP/2 ↓", "h2_us_req", " µs")
     row("CPU per full handshake ↓", "hs_full_us", " µs")
     row("CPU per resumed handshake ↓", "hs_resumed_us", " µs")
     row("CPU per GB downloaded ↓", "download_s_gb", " s")
@@ -989,6 +1015,7 @@ def report(bench: Bench, med: dict[str, dict[str, float]], env: dict[str, str], 
     for key, who in (("nginx", n), ("mtls-proxy", m)):
         for c in p.small_conns:
             drow(f"{key}: small {c} conns", f"small_{c}", who)
+        drow(f"{key}: HTTP/2 small", "h2", who)
         drow(f"{key}: fixed rate (50% of nginx's peak)", "fixed", who)
         drow(f"{key}: fixed rate (50% of own peak)", "own", who)
         drow(f"{key}: full handshakes", "hs_full", who)
