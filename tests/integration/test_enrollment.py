@@ -521,6 +521,31 @@ def test_the_certificate_signs_in_the_user_who_enrolled_it_until_revoked(w: Worl
     assert (r.status, r.json()) == (401, {"detail": "client certificate is not mapped to a user"})
 
 
+def test_renewals_racing_a_revocation_leave_no_certificate_of_the_device_off_the_crl(w: World) -> None:
+    user = w.user()
+    cert, key = enrolled_android(w, user)
+    bodies = [json.dumps({"challenge": b64(renewal_challenge(w, cert)), "csr": b64(csr_der(key))}).encode()
+              for _ in range(4)]
+    session = AdminSession(w.site)
+    session.login(*ADMIN)
+
+    def revoke() -> Response:
+        return session.post("/admin/mtls_enrollment/device/", {"action": "revoke", "_selected_action": device_id(cert)},
+                            referer="/admin/mtls_enrollment/device/")
+
+    with ThreadPoolExecutor(5) as pool:
+        renewals = [pool.submit(mtls, w, cert, "POST", f"{EST}/simplereenroll", b) for b in bodies]
+        revoked = pool.submit(revoke)
+        results = [f.result() for f in renewals]
+    assert revoked.result().status == 302
+    issued = [pkcs7_certs(r)[0] for r in results if r.status == 201]
+    assert all(r.status == 201 or r.json()["reason"] == "device_revoked" for r in results), [r.body for r in results]
+    _, current = crl(w)
+    assert current is not None
+    for c in [cert, *issued]:  # whatever won the race: every certificate of the device is revoked
+        assert current.get_revoked_certificate_by_serial_number(c.serial_number) is not None
+
+
 def test_renewal_of_unknown_revoked_and_uncertified_callers(w: World) -> None:
     user = w.user()
     refused(w.site.request("POST", f"{EST}/reenroll-challenge", b"", JSON), 401, "certificate_required")

@@ -6,8 +6,10 @@ enrollment paths, and the site's CRL URL in ``tls.crl`` (refreshed every second)
 tests/java/EnrollmentClient.java: it generates its EC key, fetches a challenge without a
 certificate, builds a PKCS#10, sends it with the attestation chain this test makes for its key
 (under a test root given to the verifier through MTLS_ENROLLMENT), takes the certificate, calls the
-API with it (200, Django sees the device), renews over mTLS, keeps one connection open to each
-proxy and is refused on both within ``crl_refresh`` + 1 s of ``manage.py mtls_enroll revoke``.
+API with it (200, Django sees the device and its user), renews over mTLS, keeps one connection open
+to each proxy and is refused on both within ``crl_refresh`` + 1 s of ``manage.py mtls_enroll revoke``:
+over HTTP/1.1 with 403 ``revoked`` on the open connection; over HTTP/2 (what OkHttp negotiates with
+the proxy) the proxy closes the open connection (GOAWAY) and refuses the next handshake.
 """
 
 from __future__ import annotations
@@ -148,10 +150,12 @@ def test_jvm_client_enrolls_renews_and_is_revoked_on_two_proxies(database: str, 
                                     "san_uri": [f"urn:mtls-proxy:device:{device}"]}
         renewed = java.expect("RENEWED")
         assert renewed != serial
+        protocols = {}
         for name in ("A", "B"):
-            status, body = java.expect(f"OPEN {name}").split(" ", 1)
+            status, protocols[name], body = java.expect(f"OPEN {name}").split(" ", 2)
             assert status == "200" and json.loads(body)["serial"] == renewed, body
         assert int(java.expect("POOLED")) == 2  # one kept-alive connection to each proxy
+        marks = {"A": first.log_count(), "B": second.log_count()}
         java.send("WATCH")
         time.sleep(0.5)
         done = site.manage("mtls_enroll", "revoke", "--device", device)
@@ -162,9 +166,19 @@ def test_jvm_client_enrolls_renews_and_is_revoked_on_two_proxies(database: str, 
             line = java.expect("REFUSED")
             refusals[line.split()[0]] = (time.monotonic() - revoked_at, line.split(" ", 2)[1:])
         assert java.expect("DONE") == ""
-        print(f"refused after revoke ({database}): " + ", ".join(f"{n} {e:.2f} s" for n, (e, _) in refusals.items()))
+        after = {n: java.expect(f"AFTER {n}").split(" ", 1) for n in ("A", "B")}
+        print(f"refused after revoke ({database}, {protocols}): "
+              + ", ".join(f"{n} {e:.2f} s {r[0]}" for n, (e, r) in refusals.items()))
         for name, (elapsed, (status, body)) in refusals.items():
-            assert (status, json.loads(body)["reason"]) == ("403", "revoked"), (name, body)  # on the open connection
+            proxy = first if name == "A" else second
+            proxy.wait_for_log("CRL changed at its URL", 5, start=marks[name])
+            if protocols[name] == "h2":  # the open connection closed (GOAWAY; a request crossing it is reset)
+                assert status == "TLS", (name, body)
+            else:  # HTTP/1.1: the next request on the open connection is refused
+                assert (status, json.loads(body)["reason"]) == ("403", "revoked"), (name, body)
+            # and a new connection does not get through the handshake
+            assert after[name][0] == "TLS", (name, after[name])
+            proxy.wait_for_log(r"tls handshake failed: client=127\.0\.0\.1 reason=cert_revoked", 5, start=marks[name])
             assert elapsed < CRL_REFRESH + 1, f"proxy {name} refused after {elapsed:.2f} s"
         assert int(java.expect("CONNECTIONS")) >= 0
         assert java.process.wait(30) == 0

@@ -12,10 +12,12 @@
 // out: ENROLLED <device> <serial> POST simpleenroll: the PKCS#7's leaf, keyed with our key
 // out: WHOAMI <status> <body>     GET /api/whoami through proxy A with the new certificate
 // out: RENEWED <serial>           reenroll-challenge + simplereenroll over mTLS, same key
-// out: OPEN A <status> / OPEN B <status>   one kept-alive connection to each proxy with the renewed cert
+// out: OPEN A|B <status> <protocol> <body>  one kept-alive connection to each proxy with the renewed cert
 // in:  WATCH                      then GET /healthz on both connections every 100 ms (a plain view: what
 //                                 refuses is the proxy, not Django's enrolled_user resolver):
-// out: REFUSED A|B <status> <body> at the first non-200 of each, then DONE (or TIMEOUT after 20 s)
+// out: REFUSED A|B <status> <body> at the first non-200 of each, then DONE (or TIMEOUT after 20 s),
+//      then AFTER A|B <status> <body> for one more request to each;
+//      <status> "TLS" when the open connection was closed (HTTP/2: GOAWAY) and the new handshake failed
 //
 // Host names resolve to 127.0.0.1; the server certificate is for localhost. Exit 0 unless an error.
 
@@ -88,7 +90,7 @@ public final class EnrollmentClient {
     private static String[] call(OkHttpClient client, Request request) throws IOException {
         try (Response response = client.newCall(request).execute()) {
             String body = response.body() != null ? response.body().string() : "";
-            return new String[] {Integer.toString(response.code()), body};
+            return new String[] {Integer.toString(response.code()), body, response.protocol().toString()};
         }
     }
 
@@ -198,7 +200,7 @@ public final class EnrollmentClient {
         String[] names = {"A", "B"};
         for (int i = 0; i < 2; i++) {
             String[] r = call(renewedClient, new Request.Builder().url(bases[i] + "/api/whoami").build());
-            System.out.println("OPEN " + names[i] + " " + r[0] + " " + r[1].replace('\n', ' '));
+            System.out.println("OPEN " + names[i] + " " + r[0] + " " + r[2] + " " + r[1].replace('\n', ' '));
         }
         System.out.println("POOLED " + renewedClient.connectionPool().connectionCount());
         System.out.flush();
@@ -216,7 +218,9 @@ public final class EnrollmentClient {
                 String[] r;
                 try {
                     r = call(renewedClient, new Request.Builder().url(bases[i] + "/healthz").build());
-                } catch (IOException e) {  // a new handshake refused: the open connection was not used
+                } catch (IOException e) {
+                    // HTTP/2: the proxy closed the open connection (GOAWAY) and refused the new handshake;
+                    // under TLS 1.3 OkHttp learns that only when it reads (a StreamResetException)
                     r = new String[] {"TLS", e.toString()};
                 }
                 if (!"200".equals(r[0])) {
@@ -228,6 +232,17 @@ public final class EnrollmentClient {
             Thread.sleep(100);
         }
         System.out.println(refused[0] && refused[1] ? "DONE" : "TIMEOUT");
+        for (int i = 0; i < 2; i++) {  // and a request after that: a new connection, a new handshake
+            String[] r;
+            try {
+                r = call(renewedClient, new Request.Builder().url(bases[i] + "/healthz").build());
+            } catch (IOException e) {
+                r = new String[] {"TLS", e.toString()};
+            }
+            System.out.println("AFTER " + names[i] + " " + r[0] + " " + r[1].replace('\n', ' '));
+        }
         System.out.println("CONNECTIONS " + renewedClient.connectionPool().connectionCount());
+        System.out.flush();
+        System.exit(0);  // OkHttp's HTTP/2 reader threads are not daemons
     }
 }

@@ -331,11 +331,18 @@ def reenroll(client_cert: ClientCert | None, body: Mapping[str, Any]) -> Issuanc
     except E.EnrollmentRefusal as refusal:
         raise _refused(attempt, user, refusal) from None
     with transaction.atomic():
-        if facts is not None:
-            Device.objects.filter(pk=device.pk).update(attestation_facts=facts)
-        issuance = _issue(device, csr, conf, now)
-        attempt.ok, attempt.reason = True, ""
-        attempt.save(update_fields=["ok", "reason"])
+        # revoked meanwhile? The row lock orders this against revoke_device: either we see the
+        # revocation here, or revoke_device runs after us and revokes the new certificate too.
+        still_active = Device.objects.select_for_update().filter(pk=device.pk, status=DEVICE_ACTIVE).values_list(
+            "pk", flat=True).first() is not None
+        if still_active:
+            if facts is not None:
+                Device.objects.filter(pk=device.pk).update(attestation_facts=facts)
+            issuance = _issue(device, csr, conf, now)
+            attempt.ok, attempt.reason = True, ""
+            attempt.save(update_fields=["ok", "reason"])
+    if not still_active:
+        raise _refused(attempt, user, E.forbidden(E.DEVICE_REVOKED, f"device {device.pk} was revoked during renewal"))
     _log_issued(KIND_REENROLL, user, issuance, facts)
     return issuance
 
