@@ -40,14 +40,6 @@ POLICY = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _clock() -> None:
-    """NOW is when this module's tests start, not when it was imported: test certificates are valid from
-    5 minutes before they are issued, and a whole-suite run reaches this module later than that."""
-    global NOW
-    NOW = time.time()
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> TestPki:
     return TestPki(tmp_path_factory.mktemp("judge-pki"))
