@@ -11,11 +11,15 @@ family, ``Forwarded``, ``X-Real-IP``, ``X-Client-IP``, ``True-Client-IP``, ``X-O
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from mtls_proxy.certs import PeerIdentity
 from mtls_proxy.http1 import EOL, REQUEST_OWNED, connection_tokens
 from mtls_proxy.identity import IDENTITY_HEADER_KEYS
 from mtls_proxy.judging import ConnectionFacts, RequestHead
+
+if TYPE_CHECKING:
+    from mtls_proxy.state import RuntimeState
 
 #: client-sent headers dropped in every spelling (compared after lower-casing and ``_`` -> ``-``)
 STRIPPED_KEYS: frozenset[bytes] = frozenset(
@@ -63,6 +67,16 @@ def upstream_head(head: RequestHead, conn: ConnectionFacts, identity: tuple[tupl
         parts += (name, b": ", value, EOL)
     parts.append(EOL)
     return b"".join(parts)
+
+
+def identity_of(peer: PeerIdentity | None, state: RuntimeState) -> tuple[tuple[tuple[bytes, bytes], ...], bytes]:
+    """The identity headers (without signature) and the response's renew header for ``peer`` under ``state``.
+
+    Built once per connection and state generation by each frontend; no certificate: neither.
+    """
+    if peer is None:
+        return (), b""
+    return state.identity.connection_headers(peer), renew_header(peer, state.settings.identity.renew_window)
 
 
 def renew_header(peer: PeerIdentity, window: float, now: float | None = None) -> bytes:

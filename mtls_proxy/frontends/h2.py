@@ -61,7 +61,7 @@ from mtls_proxy import metrics
 from mtls_proxy.context import ServerContext
 from mtls_proxy.errors import ProxyError, UpstreamError
 from mtls_proxy.exchange.exchange import BODY_NONE, BODY_STREAM, Exchange
-from mtls_proxy.exchange.forwarding import renew_header
+from mtls_proxy.exchange.forwarding import identity_of
 from mtls_proxy.exchange.record import record_exchange
 from mtls_proxy.frontends.h2_head import Malformed, renew_field, request_head, response_headers
 from mtls_proxy.frontends.peer import connection_facts
@@ -506,12 +506,7 @@ class H2Connection(asyncio.Protocol):
     # --- output, for the streams --------------------------------------------------------------------------------
     def identity_for(self, state: RuntimeState) -> tuple[tuple[tuple[bytes, bytes], ...], bytes]:
         if self._id_generation != state.generation:
-            peer = self.facts.peer
-            if peer is None:
-                self._id_headers, self._renew = (), b""
-            else:
-                self._id_headers = state.identity.connection_headers(peer)
-                self._renew = renew_header(peer, state.settings.identity.renew_window)
+            self._id_headers, self._renew = identity_of(self.facts.peer, state)
             self._renew_fields = renew_field(self._renew)
             self._id_generation = state.generation
         return self._id_headers, self._renew

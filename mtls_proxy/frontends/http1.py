@@ -28,7 +28,7 @@ from mtls_proxy import metrics
 from mtls_proxy.context import ServerContext
 from mtls_proxy.errors import BadRequest, HeadTooLarge, ProxyError, UpstreamError
 from mtls_proxy.exchange.exchange import BODY_LENGTH, BODY_NONE, Exchange
-from mtls_proxy.exchange.forwarding import renew_header
+from mtls_proxy.exchange.forwarding import identity_of
 from mtls_proxy.exchange.record import record_exchange
 from mtls_proxy.frontends.peer import connection_facts
 from mtls_proxy.http1 import CHUNKED_END, CONTINUE_100, EOL, HOP_BY_HOP, chunk_header, connection_tokens, error_response
@@ -383,12 +383,7 @@ class Http1Connection(asyncio.Protocol):
     # --- Frontend interface for the exchange ---------------------------------------------------------------------
     def identity_for(self, state: RuntimeState) -> tuple[tuple[tuple[bytes, bytes], ...], bytes]:
         if self._id_generation != state.generation:
-            peer = self.facts.peer
-            if peer is None:
-                self._id_headers, self._renew = (), b""
-            else:
-                self._id_headers = state.identity.connection_headers(peer)
-                self._renew = renew_header(peer, state.settings.identity.renew_window)
+            self._id_headers, self._renew = identity_of(self.facts.peer, state)
             self._id_generation = state.generation
         return self._id_headers, self._renew
 
