@@ -83,8 +83,11 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self.tunnel = True
-            owner.on_upstream_upgraded(data[exc.args[0]:])
+            if self.owner is not owner:  # the owner refused the 101 (nobody asked to upgrade) and let go
+                self.close()
+            else:
+                self.tunnel = True
+                owner.on_upstream_upgraded(data[exc.args[0]:])
         except httptools.HttpParserCallbackError as exc:
             if not isinstance(exc.__context__, _SurplusBytes):
                 raise

@@ -466,7 +466,8 @@ class Exchange:
     # --- the tunnel ---------------------------------------------------------------------------------------------
     def on_upstream_upgraded(self, tail: bytes) -> None:
         up = self.upstream
-        assert up is not None
+        if up is None:  # the 101 was refused already (502): nothing to tunnel
+            return
         self.tunnel = True
         self.ctx.upstream_watch.discard(self)
         now = self.ctx.loop.time()
